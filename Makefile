@@ -1,0 +1,44 @@
+# rf-acquisition: the two README commands and their helpers.
+#   make run    one acquisition on the embedded default (simulated receivers, ./data)
+#   make test   the whole suite against real TimescaleDB + S3 it starts and stops itself
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: venv run test services-up services-down lint format bench clean
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	bash scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m flows.acquisition --network simulated --storage local --database sqlite --duration-s 2
+
+test: $(STAMP)
+	bash scripts/test.sh $(PYTEST_ARGS)
+
+services-up: $(STAMP)
+	bash scripts/services.sh install
+	bash scripts/services.sh up
+	@echo "settings written to .services/env; load them with: set -a; . .services/env; set +a"
+
+services-down:
+	bash scripts/services.sh down
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do $(PY) "$$b" || exit 1; done
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -1,0 +1,89 @@
+"""Benchmark tasks.dsp.measure on a 10 s capture, against a plain FFT of the same samples.
+
+Run: ``python bench/bench_dsp.py``. One core: BLAS/OpenMP threads are pinned to 1 before
+numpy loads, and scipy.fft runs single-threaded by default. The target is a ratio
+t_fft / t_measure >= 0.2 (measuring costs at most 5 FFT passes over the capture); the
+script always exits 0.
+
+Two captures are timed, each against an FFT over exactly its own number of samples:
+10 s at the nominal 12 kS/s is 120000 samples (a fast FFT length, 2^6 3 5^4); at a true
+rate of 12001.135 Hz it is 120011 samples, a prime, whose FFT (Bluestein) is several times
+slower. Both ratios are reported, but only the 120000-sample one decides PASS/FAIL: the
+prime-length FFT is an artificially slow yardstick that would flatter ``measure``.
+measure and the FFT are timed alternately, so both see the same machine load.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy loads its BLAS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import scipy.fft  # noqa: E402
+
+from tasks.dsp import measure  # noqa: E402
+
+TARGET_RATIO = 0.2
+SECONDS = 10.0
+REPEATS = 30
+NOMINAL_RATE = 12000.0  # 120000 samples in 10 s
+TRUE_RATE = 12001.135  # 120011 samples in 10 s (prime)
+
+
+def synthetic(sample_rate: float, seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    n = round(sample_rate * seconds)
+    t = np.arange(n)
+    tone = 0.1 * np.exp(2j * math.pi * 1234.5 / sample_rate * t)
+    noise = 0.003 * (rng.standard_normal(n) + 1j * rng.standard_normal(n))
+    return (tone + noise).astype(np.complex64)
+
+
+def median_seconds(fns: Sequence[Callable[[], object]], repeats: int = REPEATS) -> list[float]:
+    """Median wall time of each function, timed alternately (round-robin)."""
+    for fn in fns:
+        fn()  # warm caches (FFT plans, windows)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, acc in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def main() -> int:
+    print(f"tasks.dsp.measure, {SECONDS:g} s capture, median of {REPEATS} runs, 1 core")
+    ratios: dict[float, float] = {}
+    for rate in (NOMINAL_RATE, TRUE_RATE):
+        x = synthetic(rate, SECONDS)
+        t_measure, t_fft = median_seconds(
+            [lambda x=x, rate=rate: measure(x, rate), lambda x=x: scipy.fft.fft(x)]
+        )
+        ratios[rate] = ratio = t_fft / t_measure
+        role = "decides" if rate == NOMINAL_RATE else "info only, prime-length FFT"
+        print(
+            f"  fs={rate:<9.3f} Hz, N={x.size}: measure {t_measure * 1e3:7.2f} ms "
+            f"({x.size / t_measure / 1e6:6.2f} MS/s) | scipy.fft.fft(N) {t_fft * 1e3:6.2f} ms "
+            f"({x.size / t_fft / 1e6:6.2f} MS/s) | ratio {ratio:.3f} ({role})"
+        )
+    ratio = ratios[NOMINAL_RATE]
+    verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
+    print(
+        f"  target: ratio >= {TARGET_RATIO} at N={round(NOMINAL_RATE * SECONDS)}: "
+        f"{ratio:.3f} {verdict}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Create or update the project's Prefect blocks from the command line.
+
+    python -m blocks.configure register            # make the UI offer the block forms
+    python -m blocks.configure from-env            # S3Bucket + MinIOCredentials + DB
+    python -m blocks.configure receivers FILE      # KiwiSDRReceiver blocks from YAML/JSON
+
+``from-env`` reads RF_S3_ENDPOINT, RF_S3_ACCESS_KEY, RF_S3_SECRET_KEY, RF_S3_BUCKET,
+RF_S3_REGION and RF_PG_HOST, RF_PG_PORT, RF_PG_DATABASE, RF_PG_USER, RF_PG_PASSWORD,
+RF_PG_SSLMODE (``make services-up`` writes them to .services/env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_BLOCK_NAME = "rf-acquisition"
+
+
+def save_from_env(env: dict[str, str], name: str = DEFAULT_BLOCK_NAME) -> list[str]:
+    """Save whichever of the storage and database blocks the environment describes."""
+    from blocks.database import timescaledb_from_env
+    from blocks.storage import minio_bucket_from_env
+
+    saved: list[str] = []
+    try:
+        bucket = minio_bucket_from_env(env)
+    except KeyError as exc:
+        print(f"storage: not configured ({exc.args[0]})", file=sys.stderr)
+    else:
+        bucket.credentials.save(name, overwrite=True)
+        bucket.save(name, overwrite=True)
+        saved.append(f"s3-bucket/{name}")
+    try:
+        db = timescaledb_from_env(env)
+    except KeyError as exc:
+        print(f"database: not configured ({exc.args[0]})", file=sys.stderr)
+    else:
+        db.save(name, overwrite=True)
+        saved.append(f"timescaledb-connection/{name}")
+    return saved
+
+
+def save_receivers(path: str) -> list[str]:
+    """Create or update one KiwiSDRReceiver block per receiver in ``path``."""
+    from blocks.receiver import load_receiver_file, receiver_name
+
+    names = []
+    for receiver in load_receiver_file(path):
+        name = receiver_name(receiver)
+        receiver.save(name, overwrite=True)
+        names.append(name)
+    return names
+
+
+def register() -> None:
+    """Register this project's block types with the Prefect API."""
+    from blocks.database import TimescaleDBConnection
+    from blocks.receiver import KiwiSDRReceiver
+
+    for block in (KiwiSDRReceiver, TimescaleDBConnection):
+        block.register_type_and_schema()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m blocks.configure", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("register", help="register the block types")
+    env = sub.add_parser("from-env", help="save storage + database blocks from RF_* variables")
+    env.add_argument("--name", default=DEFAULT_BLOCK_NAME)
+    rx = sub.add_parser("receivers", help="save KiwiSDRReceiver blocks from a YAML/JSON file")
+    rx.add_argument("file")
+    args = parser.parse_args(argv)
+    if args.command == "register":
+        register()
+        print("registered: kiwisdr-receiver, timescaledb-connection")
+    elif args.command == "from-env":
+        register()
+        saved = save_from_env(dict(os.environ), args.name)
+        print("saved: " + (", ".join(saved) or "nothing"))
+        return 0 if saved else 1
+    else:
+        register()
+        names = save_receivers(args.file)
+        print(f"saved {len(names)} receiver blocks: {', '.join(names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

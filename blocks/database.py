@@ -1,0 +1,87 @@
+"""Database connection configuration: the ``TimescaleDB Connection`` block and SQLite.
+
+The block builds the SQLAlchemy engine; the password lives in a ``SecretStr`` and the
+engine URL is rendered with it hidden, so neither logs nor errors can leak it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+from sqlalchemy import URL, Engine, create_engine, event
+
+
+class TimescaleDBConnection(Block):
+    """Connection settings for PostgreSQL with the TimescaleDB extension.
+
+    Example:
+        >>> db = TimescaleDBConnection(host="127.0.0.1", port=5432, database="rf",
+        ...                            user="rf", password="...")
+        >>> engine = db.get_engine()  # doctest: +SKIP
+    """
+
+    _block_type_name = "TimescaleDB Connection"
+    _description = "PostgreSQL + TimescaleDB where acquisition rows are recorded."
+
+    host: str = Field(default="127.0.0.1", description="Server host name or address.")
+    port: int = Field(default=5432, ge=1, le=65535, description="Server TCP port.")
+    database: str = Field(default="rf_acquisition", description="Database name.")
+    user: str = Field(default="postgres", description="Role to connect as.")
+    password: SecretStr | None = Field(default=None, description="The role's password.")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        default="prefer", description="libpq sslmode."
+    )
+    connect_timeout_s: int = Field(default=10, ge=1, le=300, description="Connect timeout.")
+
+    def url(self) -> URL:
+        """The SQLAlchemy URL (``str(url)`` masks the password as ``***``)."""
+        return URL.create(
+            "postgresql+psycopg",
+            username=self.user,
+            password=self.password.get_secret_value() if self.password else None,
+            host=self.host,
+            port=self.port,
+            database=self.database,
+            query={"sslmode": self.sslmode, "connect_timeout": str(self.connect_timeout_s)},
+        )
+
+    def get_engine(self, **kwargs: object) -> Engine:
+        """A pooled engine with ``pool_pre_ping`` so a restarted server is survived."""
+        return create_engine(self.url(), pool_pre_ping=True, **kwargs)  # type: ignore[arg-type]
+
+
+def sqlite_engine(path: str | Path) -> Engine:
+    """SQLite engine for the embedded default, with WAL so readers do not block writers."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}")
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    return engine
+
+
+PG_ENV = ("RF_PG_HOST", "RF_PG_PORT", "RF_PG_DATABASE", "RF_PG_USER")
+
+
+def timescaledb_from_env(env: dict[str, str]) -> TimescaleDBConnection:
+    """Build the connection block from ``RF_PG_*`` variables (password and sslmode optional)."""
+    missing = [k for k in PG_ENV if not env.get(k)]
+    if missing:
+        raise KeyError(f"missing environment variables: {', '.join(missing)}")
+    return TimescaleDBConnection(
+        host=env["RF_PG_HOST"],
+        port=int(env["RF_PG_PORT"]),
+        database=env["RF_PG_DATABASE"],
+        user=env["RF_PG_USER"],
+        password=env.get("RF_PG_PASSWORD") or None,
+        sslmode=env.get("RF_PG_SSLMODE", "prefer"),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,131 @@
+"""Turn the flow's configuration parameters into blocks, engines and receivers.
+
+``"auto"`` means: use the project's saved block named ``rf-acquisition`` when there is
+one, otherwise the embedded default (local folder, SQLite, simulated receivers). What was
+chosen is always logged, so a run never silently writes somewhere unexpected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect_aws import S3Bucket
+from sqlalchemy import Engine
+
+from blocks.configure import DEFAULT_BLOCK_NAME
+from blocks.database import TimescaleDBConnection, sqlite_engine
+from blocks.receiver import KiwiSDRReceiver, check_receiver_name
+from blocks.storage import local_storage
+
+RECEIVER_BLOCK_SLUG = "kiwisdr-receiver"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded default keeps recordings and its SQLite file."""
+    return Path(os.environ.get("RF_DATA_DIR", "data")).resolve()
+
+
+@dataclass
+class StorageChoice:
+    block: Block
+    description: str
+
+
+async def _load_block(ref: str) -> Block:
+    try:
+        return await Block.aload(ref)
+    except (ValueError, ObjectNotFound) as exc:
+        raise ValueError(f"block {ref!r} could not be loaded: {exc}") from None
+
+
+async def resolve_storage(spec: str, data_dir: Path) -> StorageChoice:
+    """``"auto"`` | ``"local"`` | ``"<block-type-slug>/<name>"`` -> a filesystem block."""
+    if spec == "auto":
+        try:
+            bucket = await S3Bucket.aload(DEFAULT_BLOCK_NAME)
+        except (ValueError, ObjectNotFound):
+            spec = "local"
+        else:
+            return StorageChoice(bucket, f"s3-bucket/{DEFAULT_BLOCK_NAME} ({bucket.bucket_name})")
+    if spec == "local":
+        folder = data_dir / "recordings"
+        return StorageChoice(local_storage(folder), f"local folder {folder}")
+    if "/" not in spec:
+        raise ValueError(
+            f"storage={spec!r}: use 'auto', 'local' or '<block-type>/<block-name>' "
+            "(e.g. 's3-bucket/rf-acquisition')"
+        )
+    block = await _load_block(spec)
+    if not hasattr(block, "awrite_path"):
+        raise ValueError(f"storage={spec!r} is not a writable filesystem block")
+    return StorageChoice(block, spec)
+
+
+@dataclass
+class DatabaseChoice:
+    engine: Engine
+    description: str
+
+
+async def resolve_database(spec: str, data_dir: Path) -> DatabaseChoice:
+    """``"auto"`` | ``"sqlite"`` | ``"timescaledb-connection/<name>"`` -> an engine."""
+    if spec == "auto":
+        try:
+            block = await TimescaleDBConnection.aload(DEFAULT_BLOCK_NAME)
+        except (ValueError, ObjectNotFound):
+            spec = "sqlite"
+        else:
+            engine = block.get_engine()
+            return DatabaseChoice(engine, f"timescaledb-connection/{DEFAULT_BLOCK_NAME}")
+    if spec == "sqlite":
+        path = data_dir / "rf_acquisition.db"
+        return DatabaseChoice(sqlite_engine(path), f"SQLite {path}")
+    if not spec.startswith("timescaledb-connection/"):
+        raise ValueError(
+            f"database={spec!r}: use 'auto', 'sqlite' or 'timescaledb-connection/<block-name>'"
+        )
+    block = await _load_block(spec)
+    assert isinstance(block, TimescaleDBConnection)
+    return DatabaseChoice(block.get_engine(), spec)
+
+
+async def saved_receivers() -> dict[str, KiwiSDRReceiver]:
+    """Every saved KiwiSDRReceiver block, by name."""
+    async with get_client() as client:
+        try:
+            docs = await client.read_block_documents_by_type(block_type_slug=RECEIVER_BLOCK_SLUG)
+        except (ObjectNotFound, PrefectHTTPStatusError) as exc:
+            # 404 "Block type not found": the type was never registered, so none are saved.
+            if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
+                raise
+            return {}
+    names = sorted(d.name for d in docs if d.name and not d.is_anonymous)
+    loaded = await asyncio.gather(*(KiwiSDRReceiver.aload(n) for n in names))
+    return dict(zip(names, loaded, strict=True))
+
+
+def select_receivers(
+    available: dict[str, KiwiSDRReceiver], names: list[str] | None, tag: str | None
+) -> dict[str, KiwiSDRReceiver]:
+    """Pick receivers by name and/or tag; unknown names are an error that lists the known."""
+    chosen = dict(available)
+    if names:
+        for name in names:
+            check_receiver_name(name)
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise ValueError(
+                f"receivers: unknown {', '.join(unknown)}; known: {', '.join(sorted(available))}"
+            )
+        chosen = {n: available[n] for n in names}
+    if tag:
+        chosen = {n: r for n, r in chosen.items() if tag in r.tags}
+        if not chosen:
+            raise ValueError(f"tag={tag!r}: no receiver has this tag")
+    return {n: r for n, r in chosen.items() if r.enabled}

@@ -1,0 +1,1 @@
+"""rf-acquisition flows."""

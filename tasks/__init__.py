@@ -1,0 +1,1 @@
+"""rf-acquisition tasks."""

@@ -1,0 +1,531 @@
+"""A KiwiSDR network simulator that speaks the real IQ protocol over real websockets.
+
+One process (one background thread with its own event loop) serves any number of
+simulated receivers on loopback, each on its own port with a ``/status`` page and a
+``/<ts>/SND`` websocket, pacing frames in real time from the host clock. Samples come
+from :mod:`tasks.kiwisdr.emitter` plus thermal noise, so what the client records can be
+checked against ground truth. Faults are injected per receiver to exercise every error
+path of the client and the flow.
+
+Run standalone: ``python -m tasks.kiwisdr.simulator --network seed --base-port 8073``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+
+import numpy as np
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from tasks.kiwisdr import codec
+from tasks.kiwisdr.emitter import Emitter, PathTruth, path_truth, received_signal
+
+logger = logging.getLogger(__name__)
+
+_SND_PATH = re.compile(r"^/(?:ws/kiwi/)?(\d+)/SND$")
+KIWI_COVERAGE_KHZ = (0.0, 30000.0)
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Misbehaviour to inject into one simulated receiver (all off by default).
+
+    ``drop_after_frames`` closes the socket after that many frames, on the first
+    ``drop_attempts`` connections only (``None`` = always); ``lost_frames`` lists frame
+    indexes (0-based, counted from the first frame sent) that are skipped while their
+    sequence numbers are still consumed.
+    """
+
+    refuse: bool = False
+    too_busy: bool = False
+    down: bool = False
+    drop_after_frames: int | None = None
+    drop_attempts: int | None = None
+    stall_after_frames: int | None = None
+    malformed_at_frame: int | None = None
+    lost_frames: tuple[int, ...] = ()
+    no_gps: bool = False
+    redirect_to: str | None = None
+
+
+@dataclass(frozen=True)
+class SimulatedReceiver:
+    """One simulated KiwiSDR: position, hardware character and faults."""
+
+    name: str
+    latitude: float
+    longitude: float
+    altitude_m: float = 0.0
+    sample_rate: float = 12001.135
+    noise_density_dbfs_hz: float = -110.0
+    lo_ppm: float = 0.0
+    full_scale_dbm: float = -30.0
+    freq_offset_khz: float = 0.0
+    password: str | None = None
+    users_max: int = 4
+    antenna: str = "simulated vertical"
+    faults: Faults = field(default_factory=Faults)
+
+    @property
+    def position(self) -> tuple[float, float, float]:
+        return (self.latitude, self.longitude, self.altitude_m)
+
+
+@dataclass
+class _Session:
+    """What one connected client has asked for so far."""
+
+    authenticated: bool = False
+    ar_ok: bool = False
+    mod: str | None = None
+    passband: tuple[float, float] | None = None
+    freq_khz: float | None = None
+    agc_set: bool = False
+    little_endian: bool = False
+    last_message: float = field(default_factory=time.monotonic)
+
+    @property
+    def ready(self) -> bool:
+        return bool(
+            self.ar_ok and self.mod and self.passband and self.freq_khz is not None and self.agc_set
+        )
+
+
+class SimulatedNetwork:
+    """Serve simulated receivers on loopback from a background thread.
+
+    Use as a context manager; ``url(name)`` gives each receiver's base URL.
+    ``commands(name)`` is the log of client commands the receiver saw (passwords masked)
+    and ``connections(name)`` counts websocket attempts, which is how tests observe the
+    handshake order and the retry count.
+    """
+
+    def __init__(
+        self,
+        receivers: Iterable[SimulatedReceiver],
+        emitter: Emitter,
+        *,
+        host: str = "127.0.0.1",
+        ports: dict[str, int] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.receivers = {r.name: r for r in receivers}
+        self.emitter = emitter
+        self.host = host
+        self.seed = seed
+        self._requested_ports = ports or {}
+        self.ports: dict[str, int] = {}
+        # Sample n of every receiver is taken at GPS time epoch + n / fs. The epoch is the
+        # start of the GPS week, so the emitted signal is the same function of absolute time
+        # in every process, not just this one.
+        week, _, _ = codec.utc_to_gps(datetime.now(UTC))
+        self.epoch_gps_s = week * codec.SECONDS_PER_WEEK
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[Server] = []
+        self._commands: dict[str, list[str]] = {name: [] for name in self.receivers}
+        self._connections: dict[str, int] = dict.fromkeys(self.receivers, 0)
+        self._active: dict[str, int] = dict.fromkeys(self.receivers, 0)
+        self._lock = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> SimulatedNetwork:
+        """Start serving; returns once every port is listening."""
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._start_servers())
+            except BaseException as exc:  # surfaced to the caller of start()
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._stop_servers())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="kiwisdr-simulator", daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and join the thread."""
+        if self._loop and self._thread:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._loop = None
+        self._thread = None
+
+    def __enter__(self) -> SimulatedNetwork:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _start_servers(self) -> None:
+        for name, rx in self.receivers.items():
+            port = self._requested_ports.get(name, 0)
+            if rx.faults.refuse:
+                # Reserve nothing: a port with no listener refuses connections, as a
+                # receiver that is switched off does.
+                self.ports[name] = port or _unused_port(self.host)
+                continue
+            server = await serve(
+                lambda conn, _name=name: self._handle(_name, conn),
+                self.host,
+                port,
+                process_request=lambda conn, req, _name=name: self._http(_name, conn, req),
+                max_size=2**16,
+                compression=None,
+                ping_interval=None,
+            )
+            self._servers.append(server)
+            self.ports[name] = server.sockets[0].getsockname()[1]
+
+    async def _stop_servers(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+
+    # --- observation -------------------------------------------------------------------
+
+    def url(self, name: str) -> str:
+        return f"http://{self.host}:{self.ports[name]}"
+
+    def commands(self, name: str) -> list[str]:
+        with self._lock:
+            return list(self._commands[name])
+
+    def connections(self, name: str) -> int:
+        with self._lock:
+            return self._connections[name]
+
+    def truth(self, name: str, frequency_hz: float) -> PathTruth:
+        """Ground truth for receiver ``name`` tuned to RF ``frequency_hz``."""
+        rx = self.receivers[name]
+        return path_truth(
+            self.emitter,
+            rx.position,
+            tuned_hz=frequency_hz,
+            lo_ppm=rx.lo_ppm,
+            full_scale_dbm=rx.full_scale_dbm,
+            noise_density_dbfs_hz=rx.noise_density_dbfs_hz,
+        )
+
+    def frame_iq(
+        self,
+        name: str,
+        sample_index: int,
+        frequency_hz: float,
+        passband_hz: tuple[float, float] | None = None,
+    ) -> tuple[np.ndarray, bool]:
+        """The int16 (512, 2) samples receiver ``name`` sends for the frame starting at
+        absolute sample ``sample_index`` when tuned to RF ``frequency_hz``, and whether it
+        clipped. Deterministic: tests regenerate frames to check the client bit for bit.
+        A carrier outside the passband (default: the Nyquist band) is filtered out.
+        """
+        rx = self.receivers[name]
+        truth = self.truth(name, frequency_hz)
+        low, high = passband_hz or (-rx.sample_rate / 2, rx.sample_rate / 2)
+        n = sample_index + np.arange(codec.SAMPLES_PER_FRAME, dtype=np.float64)
+        t = n / rx.sample_rate
+        if low <= truth.frequency_offset_hz <= high:
+            x = received_signal(self.emitter, truth, t)
+        else:
+            x = np.zeros(t.shape, dtype=np.complex128)
+        rx_index = list(self.receivers).index(name)
+        rng = np.random.default_rng([self.seed, rx_index, sample_index])
+        sigma = math.sqrt(10.0 ** (rx.noise_density_dbfs_hz / 10.0) * rx.sample_rate / 2.0)
+        noise = rng.standard_normal((codec.SAMPLES_PER_FRAME, 2)) * sigma
+        iq = np.empty((codec.SAMPLES_PER_FRAME, 2))
+        iq[:, 0] = x.real + noise[:, 0]
+        iq[:, 1] = x.imag + noise[:, 1]
+        scaled = np.rint(iq * 32768.0)
+        clipped = bool(np.any(scaled > 32767) or np.any(scaled < -32768))
+        return np.clip(scaled, -32768, 32767).astype(np.int16), clipped
+
+    # --- HTTP /status ------------------------------------------------------------------
+
+    def _http(self, name: str, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/status":
+            return connection.respond(HTTPStatus.OK, self.status_text(name))
+        if _SND_PATH.match(path):
+            return None
+        return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+
+    def status_text(self, name: str) -> str:
+        """The ``/status`` page: ``key=value`` lines as a KiwiSDR serves them."""
+        rx = self.receivers[name]
+        with self._lock:
+            users = self._active[name]
+        gps_good = 0 if rx.faults.no_gps else 9
+        lines = {
+            "status": "active" if not rx.faults.down else "offline",
+            "offline": "yes" if rx.faults.down else "no",
+            "name": f"{rx.name} (simulated)",
+            "sdr_hw": "KiwiSDR v1.711 (simulated) ⁣ 📡 GPS",
+            "op_email": "",
+            "bands": "0-30000000",
+            "freq_offset": f"{rx.freq_offset_khz:.3f}",
+            "users": str(users),
+            "users_max": str(rx.users_max),
+            "avatar_ctime": "0",
+            "gps": f"({rx.latitude:.6f}, {rx.longitude:.6f})",
+            "gps_good": str(gps_good),
+            "fixes": "0" if rx.faults.no_gps else "1200",
+            "fixes_min": "0" if rx.faults.no_gps else "20",
+            "fixes_hour": "0" if rx.faults.no_gps else "1200",
+            "tdoa_id": rx.name.replace(" ", ""),
+            "tdoa_ch": str(rx.users_max - users),
+            "asl": str(int(rx.altitude_m)),
+            "loc": rx.name,
+            "sw_version": "KiwiSDR_v1.711",
+            "antenna": rx.antenna,
+            "snr": "0,0",
+            "adc_ov": "0",
+            "uptime": str(int(time.monotonic())),
+            "gps_host": "0",
+        }
+        return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+    # --- websocket SND -----------------------------------------------------------------
+
+    def _log(self, name: str, text: str) -> None:
+        if text.startswith("SET auth"):
+            text = re.sub(r"\bp=\S*", "p=***", text)
+        with self._lock:
+            self._commands[name].append(text)
+
+    async def _handle(self, name: str, ws: ServerConnection) -> None:
+        rx = self.receivers[name]
+        with self._lock:
+            self._connections[name] += 1
+            attempt = self._connections[name]
+            self._active[name] += 1
+        try:
+            await self._serve_snd(name, rx, ws, attempt)
+        except ConnectionClosed:
+            pass
+        finally:
+            with self._lock:
+                self._active[name] -= 1
+
+    async def _serve_snd(
+        self, name: str, rx: SimulatedReceiver, ws: ServerConnection, attempt: int
+    ) -> None:
+        session = _Session()
+        await ws.send(codec.encode_msg(sample_rate=f"{rx.sample_rate:.6f}"))
+        streamer: asyncio.Task[None] | None = None
+        try:
+            while True:
+                timeout = 20.0 if not session.authenticated else 60.0
+                try:
+                    message = await asyncio.wait_for(ws.recv(), timeout)
+                except TimeoutError:
+                    if not session.authenticated:
+                        await ws.send(codec.encode_msg(password_timeout=1))
+                    await ws.close()
+                    return
+                if not isinstance(message, str):
+                    continue
+                self._log(name, message)
+                session.last_message = time.monotonic()
+                if not await self._apply(name, rx, session, ws, message, attempt):
+                    return
+                if session.ready and streamer is None:
+                    streamer = asyncio.create_task(self._stream(name, rx, session, ws, attempt))
+        finally:
+            if streamer is not None:
+                streamer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await streamer
+
+    async def _apply(
+        self,
+        name: str,
+        rx: SimulatedReceiver,
+        session: _Session,
+        ws: ServerConnection,
+        message: str,
+        attempt: int,
+    ) -> bool:
+        """Apply one client command; returns False when the connection is over."""
+        try:
+            command, args = codec.parse_set(message)
+        except codec.FrameError:
+            return True  # a real Kiwi ignores what it does not understand
+        if command == "auth":
+            if rx.password and args.get("p", "") != rx.password:
+                await ws.send(codec.encode_msg(badp=1))
+                await ws.close()
+                return False
+            with self._lock:
+                busy = self._active[name] > rx.users_max
+            if rx.faults.too_busy or busy:
+                await ws.send(codec.encode_msg(too_busy=rx.users_max))
+                await ws.close()
+                return False
+            if rx.faults.down:
+                await ws.send(codec.encode_msg(down=None))
+                await ws.close()
+                return False
+            if rx.faults.redirect_to and attempt == 1:
+                await ws.send(codec.encode_msg(redirect=rx.faults.redirect_to))
+                await ws.close()
+                return False
+            session.authenticated = True
+            await ws.send(codec.encode_msg(rx_chans=rx.users_max))
+            await ws.send(codec.encode_msg(chan_no_pwd=0))
+            await ws.send(codec.encode_msg(badp=0))
+            await ws.send(
+                codec.encode_msg(
+                    version_maj=1, version_min=711, freq_offset=f"{rx.freq_offset_khz:.3f}"
+                )
+            )
+            await ws.send(
+                codec.encode_msg(center_freq=15000000, bandwidth=30000000, adc_clk_nom=66666600)
+            )
+            await ws.send(codec.encode_msg(audio_init=0, audio_rate=12000))
+        elif not session.authenticated:
+            return True
+        elif command == "AR":
+            session.ar_ok = float(args.get("out", "0") or 0) != 0
+        elif command == "mod":
+            session.mod = args.get("mod")
+            session.passband = (float(args["low_cut"]), float(args["high_cut"]))
+            session.freq_khz = float(args["freq"])
+        elif command == "agc":
+            session.agc_set = True
+        elif command == "little-endian":
+            session.little_endian = True
+        return True
+
+    async def _stream(
+        self,
+        name: str,
+        rx: SimulatedReceiver,
+        session: _Session,
+        ws: ServerConnection,
+        attempt: int,
+    ) -> None:
+        """Send IQ frames in real time until the client goes away or a fault ends it."""
+        faults = rx.faults
+        assert session.freq_khz is not None
+        rf_hz = (session.freq_khz + rx.freq_offset_khz) * 1e3
+        fs = rx.sample_rate
+        frame_s = codec.SAMPLES_PER_FRAME / fs
+        # Next frame boundary on this receiver's sample grid.
+        now_rel = self._gps_now() - self.epoch_gps_s
+        frame_no = math.ceil(now_rel / frame_s)
+        seq = 1
+        flags = codec.FLAG_IQ | (codec.FLAG_LITTLE_ENDIAN if session.little_endian else 0)
+        drop = faults.drop_after_frames is not None and (
+            faults.drop_attempts is None or attempt <= faults.drop_attempts
+        )
+        loop = asyncio.get_running_loop()
+        mono_offset = time.time() - loop.time()
+        index = 0
+        while True:
+            if drop and index >= (faults.drop_after_frames or 0):
+                await ws.close()
+                return
+            if faults.stall_after_frames is not None and index >= faults.stall_after_frames:
+                await asyncio.sleep(3600)
+            start = frame_no * codec.SAMPLES_PER_FRAME
+            # A frame leaves the receiver once its last sample has been taken.
+            send_at_gps = self.epoch_gps_s + (start + codec.SAMPLES_PER_FRAME) / fs
+            send_at_unix = send_at_gps - codec.GPS_UTC_LEAP_SECONDS + _GPS_UNIX_OFFSET
+            delay = send_at_unix - mono_offset - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if index in faults.lost_frames:
+                index += 1
+                seq += 1
+                frame_no += 1
+                continue
+            iq, clipped = self.frame_iq(name, start, rf_hz, session.passband)
+            mean_sq = float(np.mean(iq.astype(np.float64) ** 2)) * 2.0 / 32768.0**2
+            power_dbfs = 10.0 * math.log10(mean_sq + 1e-20)
+            t_abs = self.epoch_gps_s + start / fs
+            whole = math.floor(t_abs)
+            nsec = min(round((t_abs - whole) * 1e9), 999_999_999)
+            frame = codec.encode_snd(
+                iq,
+                seq=seq,
+                smeter=codec.dbm_to_smeter(power_dbfs + rx.full_scale_dbm),
+                gpssec=int(whole % codec.SECONDS_PER_WEEK),
+                gpsnsec=nsec,
+                last_gps_solution=codec.NO_GPS if faults.no_gps else 1,
+                flags=flags | (codec.FLAG_ADC_OVERFLOW if clipped else 0),
+            )
+            if faults.malformed_at_frame is not None and index == faults.malformed_at_frame:
+                frame = frame[: codec.IQ_FRAME_BYTES // 2]
+            await ws.send(frame)
+            index += 1
+            seq += 1
+            frame_no += 1
+
+    @staticmethod
+    def _gps_now() -> float:
+        return time.time() - _GPS_UNIX_OFFSET + codec.GPS_UTC_LEAP_SECONDS
+
+
+_GPS_UNIX_OFFSET = (codec.GPS_EPOCH - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()
+
+
+def _unused_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a simulated network until interrupted (for kiwiclient or manual testing)."""
+    from blocks.receiver import load_receiver_file, seed_network_path, simulated_network
+
+    parser = argparse.ArgumentParser(description="Serve simulated KiwiSDR receivers.")
+    parser.add_argument("--network", default="seed", help="'seed' or a receiver YAML/JSON file")
+    parser.add_argument("--base-port", type=int, default=8073)
+    args = parser.parse_args(argv)
+    path = seed_network_path() if args.network == "seed" else args.network
+    names = [r._block_document_name for r in load_receiver_file(path)]
+    ports = {name: args.base_port + i for i, name in enumerate(names) if name}
+    network, _ = simulated_network(path, ports=ports)
+    logging.basicConfig(level=logging.INFO)
+    with network:
+        for name in network.receivers:
+            print(f"{name:20s} {network.url(name)}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

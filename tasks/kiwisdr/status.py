@@ -1,0 +1,99 @@
+"""The KiwiSDR ``/status`` page: fetched with httpx, parsed into a typed status.
+
+The planning step reads it before an acquisition to skip receivers that are full,
+offline or without a GPS fix, instead of discovering it through failed captures.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import httpx
+
+from tasks.kiwisdr.errors import ProtocolError, ReceiverUnreachable
+
+_GPS_PAIR = re.compile(r"\(\s*([-+0-9.]+)\s*,\s*([-+0-9.]+)\s*\)")
+
+
+@dataclass(frozen=True)
+class ReceiverStatus:
+    """The fields of ``/status`` this project uses, plus every raw field."""
+
+    name: str
+    users: int
+    users_max: int
+    offline: bool
+    gps_good: int
+    fixes: int
+    latitude: float | None
+    longitude: float | None
+    altitude_m: float | None
+    antenna: str
+    version: str
+    raw: dict[str, str]
+
+    @property
+    def full(self) -> bool:
+        return self.users >= self.users_max
+
+    @property
+    def gps_fix(self) -> bool:
+        return self.gps_good > 0
+
+
+def parse_status(text: str) -> ReceiverStatus:
+    """Parse ``key=value`` lines; raises :class:`ProtocolError` when required keys are missing."""
+    raw: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            raw[key.strip()] = value.strip()
+    missing = [k for k in ("users", "users_max") if k not in raw]
+    if missing:
+        raise ProtocolError(f"/status lacks {', '.join(missing)}: not a KiwiSDR status page")
+    lat = lon = None
+    if match := _GPS_PAIR.search(raw.get("gps", "")):
+        lat, lon = float(match.group(1)), float(match.group(2))
+    return ReceiverStatus(
+        name=raw.get("name", ""),
+        users=_int(raw, "users"),
+        users_max=_int(raw, "users_max"),
+        offline=raw.get("offline", "no") == "yes" or raw.get("status") == "offline",
+        gps_good=_int(raw, "gps_good", 0),
+        fixes=_int(raw, "fixes", 0),
+        latitude=lat,
+        longitude=lon,
+        altitude_m=float(raw["asl"]) if raw.get("asl", "").lstrip("-").isdigit() else None,
+        antenna=raw.get("antenna", ""),
+        version=raw.get("sw_version", ""),
+        raw=raw,
+    )
+
+
+def _int(raw: dict[str, str], key: str, default: int | None = None) -> int:
+    try:
+        return int(raw[key])
+    except (KeyError, ValueError):
+        if default is None:
+            raise ProtocolError(f"/status field {key}={raw.get(key)!r} is not an integer") from None
+        return default
+
+
+async def fetch_status(
+    base_url: str, *, timeout_s: float = 5.0, client: httpx.AsyncClient | None = None
+) -> ReceiverStatus:
+    """GET ``<base_url>/status``; network failures become :class:`ReceiverUnreachable`."""
+    url = base_url.rstrip("/") + "/status"
+    try:
+        if client is None:
+            async with httpx.AsyncClient(timeout=timeout_s) as own:
+                response = await own.get(url)
+        else:
+            response = await client.get(url, timeout=timeout_s)
+        response.raise_for_status()
+    except httpx.HTTPStatusError as exc:
+        raise ReceiverUnreachable(f"/status answered HTTP {exc.response.status_code}") from None
+    except httpx.HTTPError as exc:
+        raise ReceiverUnreachable(f"/status unreachable: {type(exc).__name__}") from None
+    return parse_status(response.text)

@@ -1,0 +1,93 @@
+"""Planning an acquisition: validate the request, sort receivers into go / skip, pick the
+common start instant.
+
+Everything that can be known before capturing is checked here, so a bad request fails in
+milliseconds with a message naming the field, instead of as seven failed captures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from blocks.receiver import KiwiSDRReceiver
+from tasks.kiwisdr.client import MAX_DURATION_S, MIN_DURATION_S
+
+MIN_FREQUENCY_HZ = 10e3
+MAX_FREQUENCY_HZ = 6e9
+
+
+class PlanError(ValueError):
+    """The acquisition cannot run as asked; the message names the field and allowed range."""
+
+
+def validate_request(frequency_hz: float, duration_s: float) -> None:
+    """Refuse parameters no receiver could satisfy."""
+    if not (
+        isinstance(frequency_hz, (int, float))
+        and math.isfinite(frequency_hz)
+        and MIN_FREQUENCY_HZ <= frequency_hz <= MAX_FREQUENCY_HZ
+    ):
+        raise PlanError(
+            f"frequency_hz={frequency_hz!r} is out of range "
+            f"[{MIN_FREQUENCY_HZ:.0f}, {MAX_FREQUENCY_HZ:.0f}] Hz"
+        )
+    if not (
+        isinstance(duration_s, (int, float))
+        and math.isfinite(duration_s)
+        and MIN_DURATION_S <= duration_s <= MAX_DURATION_S
+    ):
+        raise PlanError(
+            f"duration_s={duration_s!r} is out of range [{MIN_DURATION_S}, {MAX_DURATION_S}] s"
+        )
+
+
+@dataclass
+class Plan:
+    """Receivers to capture, receivers skipped (with the reason), and the start instant."""
+
+    acquisition_id: str
+    start_at: datetime
+    go: dict[str, KiwiSDRReceiver] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def split_by_frequency(
+    receivers: dict[str, KiwiSDRReceiver], frequency_hz: float
+) -> tuple[dict[str, KiwiSDRReceiver], dict[str, str]]:
+    """Receivers that can tune ``frequency_hz``, and why the others cannot.
+
+    When none can, that is a request error (PlanError), not seven skipped receivers.
+    """
+    go: dict[str, KiwiSDRReceiver] = {}
+    skipped: dict[str, str] = {}
+    for name, rx in receivers.items():
+        low, high = rx.tunable_range_hz
+        if low <= frequency_hz <= high:
+            go[name] = rx
+        else:
+            skipped[name] = (
+                f"frequency_hz={frequency_hz:.0f} outside tunable range [{low:.0f}, {high:.0f}] Hz"
+            )
+    if receivers and not go:
+        ranges = sorted(
+            {f"[{r.min_frequency_hz:.0f}, {r.max_frequency_hz:.0f}]" for r in receivers.values()}
+        )
+        raise PlanError(
+            f"frequency_hz={frequency_hz:.0f} is outside every selected receiver's tunable "
+            f"range ({', '.join(ranges)} Hz)"
+        )
+    return go, skipped
+
+
+def choose_start(now: datetime | None = None, receivers: int = 1) -> datetime:
+    """The common start instant: the next whole UTC second at least ~1 s away.
+
+    Enough lead for every capture task to connect and finish its handshake (about 50 ms
+    each, a few in parallel), so all receivers' first samples sit on the same instant.
+    """
+    now = now or datetime.now(UTC)
+    lead = 1.0 + 0.02 * receivers
+    t = now + timedelta(seconds=lead)
+    return t.replace(microsecond=0) + timedelta(seconds=1)

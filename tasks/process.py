@@ -1,0 +1,119 @@
+"""Turn one capture into a recording (``.npy`` + SigMF metadata) and its measurements.
+
+The numbers come from :mod:`tasks.dsp`, the file format from :mod:`tasks.recording`;
+this module only joins them and keeps what the database row needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from blocks.receiver import KiwiSDRReceiver
+from tasks.dsp import measure, rssi_dbm
+from tasks.kiwisdr.client import Capture
+from tasks.recording import Recording, build_recording
+
+
+@dataclass(frozen=True)
+class ProcessedCapture:
+    """A capture's recording plus the fields of its database row."""
+
+    receiver: str
+    recording: Recording
+    row: dict[str, Any]
+
+
+def process_capture(
+    capture: Capture,
+    receiver: KiwiSDRReceiver,
+    *,
+    acquisition_id: str,
+    name: str,
+    passband_hz: tuple[float, float] = (-5000.0, 5000.0),
+) -> ProcessedCapture:
+    """Measure ``capture`` and build its recording; pure computation, no I/O."""
+    m = measure(capture.samples, capture.sample_rate, passband_hz=passband_hz)
+    rssi = rssi_dbm(capture.smeter) if capture.smeter.size else float("nan")
+    measurements: dict[str, Any] = {**m.as_dict(), "rssi_dbm": rssi}
+    quality = {
+        "gps_fix": capture.gps_fix,
+        "lost_frames": capture.lost_frames,
+        "adc_overflow_frames": capture.adc_overflow_frames,
+        "adc_overflow_fraction": capture.adc_overflow_frames / max(capture.frames_expected, 1),
+        "frames_expected": capture.frames_expected,
+        "tuned_khz": capture.tuned_khz,
+        "freq_offset_khz": capture.freq_offset_khz,
+        "attempts": capture.attempts,
+    }
+    recording = build_recording(
+        capture.samples,
+        name=name,
+        sample_rate=capture.sample_rate,
+        frequency_hz=capture.frequency_hz,
+        start_utc=capture.start_utc,
+        acquisition_id=acquisition_id,
+        receiver=name,
+        latitude=receiver.latitude,
+        longitude=receiver.longitude,
+        altitude_m=receiver.altitude_m,
+        hw=_hardware(capture, receiver),
+        duration_s=capture.duration_s,
+        measurements=measurements,
+        quality=quality,
+        gaps=capture.gaps,
+        description=f"{receiver.display_name or name} at {capture.frequency_hz / 1e6:.6f} MHz",
+    )
+    row = {
+        "time": capture.start_utc,
+        "receiver": name,
+        "status": "ok",
+        "error": None,
+        "attempts": capture.attempts,
+        "latitude": receiver.latitude,
+        "longitude": receiver.longitude,
+        "altitude_m": receiver.altitude_m,
+        "frequency_hz": capture.frequency_hz,
+        "sample_rate": capture.sample_rate,
+        "sample_count": int(capture.samples.size),
+        "power_dbfs": m.power_dbfs,
+        "noise_floor_dbfs_hz": m.noise_floor_dbfs_hz,
+        "signal_power_dbfs": m.signal_power_dbfs,
+        "cn0_dbhz": m.cn0_dbhz,
+        "snr_db": m.snr_db,
+        "snr_bandwidth_hz": m.snr_bandwidth_hz,
+        "frequency_offset_hz": m.frequency_offset_hz,
+        "rssi_dbm": rssi,
+        "gps_fix": capture.gps_fix,
+        "lost_frames": capture.lost_frames,
+        "adc_overflow_frames": capture.adc_overflow_frames,
+        "sha512": recording.sha512,
+    }
+    return ProcessedCapture(receiver=name, recording=recording, row=row)
+
+
+def _hardware(capture: Capture, receiver: KiwiSDRReceiver) -> str:
+    version = f"{capture.server.get('version_maj', '?')}.{capture.server.get('version_min', '?')}"
+    return f"KiwiSDR v{version}" + (f", {receiver.antenna}" if receiver.antenna else "")
+
+
+@task(name="process", cache_policy=NO_CACHE, task_run_name="process-{name}")
+def process(
+    capture: Capture, receiver: KiwiSDRReceiver, acquisition_id: str, name: str
+) -> ProcessedCapture:
+    """Measurements and recording of one capture (sync: pure numpy in a worker thread)."""
+    result = process_capture(capture, receiver, acquisition_id=acquisition_id, name=name)
+    row = result.row
+    get_run_logger().info(
+        "%s: power %.1f dBFS, SNR %.1f dB, C/N0 %.1f dB-Hz, offset %+.2f Hz",
+        name,
+        row["power_dbfs"],
+        row["snr_db"],
+        row["cn0_dbhz"],
+        row["frequency_offset_hz"],
+    )
+    return result

@@ -1,0 +1,125 @@
+"""The acquisition's report: per-receiver outcomes, the summary, and Prefect artifacts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+
+@dataclass
+class ReceiverOutcome:
+    """What happened to one receiver in one acquisition."""
+
+    receiver: str
+    status: str  # ok | failed | skipped
+    error: str | None = None
+    snr_db: float | None = None
+    frequency_offset_hz: float | None = None
+    power_dbfs: float | None = None
+    sample_count: int | None = None
+    location: str | None = None
+    attempts: int = 0
+
+
+@dataclass
+class AcquisitionSummary:
+    """What ``acquire`` returns: enough to print, assert on, or feed the next flow."""
+
+    acquisition_id: str
+    frequency_hz: float
+    duration_s: float
+    start_at: str
+    storage: str
+    database: str
+    receivers: list[ReceiverOutcome] = field(default_factory=list)
+    rows_recorded: int = 0
+    record_error: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.receivers if r.status == status)
+
+    @property
+    def ok(self) -> int:
+        return self.count("ok")
+
+    @property
+    def message(self) -> str:
+        text = f"{self.ok}/{len(self.receivers)} receivers ok"
+        extra = [f"{n} {s}" for s in ("failed", "skipped") if (n := self.count(s))]
+        if extra:
+            text += f" ({', '.join(extra)})"
+        if self.record_error:
+            text += f"; rows missing for acquisition {self.acquisition_id}: {self.record_error}"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok, "message": self.message}
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def table_rows(summary: AcquisitionSummary) -> list[dict[str, str]]:
+    return [
+        {
+            "receiver": r.receiver,
+            "status": r.status,
+            "snr_db": _fmt(r.snr_db, ".1f"),
+            "frequency_offset_hz": _fmt(r.frequency_offset_hz, "+.2f"),
+            "samples": "-" if r.sample_count is None else str(r.sample_count),
+            "recording": r.location or (r.error or "-"),
+        }
+        for r in summary.receivers
+    ]
+
+
+def format_table(summary: AcquisitionSummary) -> str:
+    """Plain-text table for terminals: one line per receiver."""
+    rows = table_rows(summary)
+    headers = ["receiver", "status", "SNR dB", "offset Hz", "samples", "recording / error"]
+    keys = ["receiver", "status", "snr_db", "frequency_offset_hz", "samples", "recording"]
+    widths = [
+        max(len(h), *(len(r[k]) for r in rows)) if rows else len(h)
+        for h, k in zip(headers, keys, strict=True)
+    ]
+    widths[-1] = len(headers[-1])
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(r[k].ljust(w) for k, w in zip(keys, widths, strict=True)))
+    return "\n".join(lines)
+
+
+async def publish(summary: AcquisitionSummary) -> None:
+    """Table and markdown artifacts for the Prefect UI."""
+    await acreate_table_artifact(
+        key="acquisition-receivers",
+        table=table_rows(summary),
+        description=f"Acquisition {summary.acquisition_id}: {summary.message}",
+    )
+    md = [
+        f"# Acquisition `{summary.acquisition_id}`",
+        "",
+        f"**{summary.message}** at {summary.frequency_hz / 1e6:.6f} MHz for "
+        f"{summary.duration_s:g} s, starting {summary.start_at}.",
+        "",
+        f"- storage: {summary.storage}",
+        f"- database: {summary.database} ({summary.rows_recorded} rows)",
+        "",
+        "| receiver | status | SNR dB | offset Hz | samples | recording / error |",
+        "|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['receiver']} | {r['status']} | {r['snr_db']} | {r['frequency_offset_hz']} | "
+        f"{r['samples']} | {r['recording'].replace('|', '/')} |"
+        for r in table_rows(summary)
+    ]
+    await acreate_markdown_artifact(
+        key="acquisition-summary", markdown="\n".join(md), description=summary.message
+    )

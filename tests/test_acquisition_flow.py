@@ -1,0 +1,191 @@
+"""The parent flow end to end: embedded default, a faulty receiver, and real services.
+
+These run the real flow on Prefect's test server, capture over loopback websockets from
+the simulator, and then look at what landed: files/objects, rows, and their agreement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from blocks.database import sqlite_engine, timescaledb_from_env
+from blocks.receiver import bind_urls, receiver_name, simulated_network
+from blocks.storage import minio_bucket_from_env
+from flows.acquisition import acquire
+from tasks.kiwisdr.simulator import Faults
+from tasks.recording import read_recording
+from tasks.records import measurements_for
+
+FREQUENCY_HZ = 145_500_000.0
+SEED_NAMES = {
+    "aquila-di-giaveno",
+    "montanaro",
+    "torino",
+    "coazze",
+    "passo-del-giovi",
+    "genova",
+    "milano-baggio",
+}
+
+pytestmark = pytest.mark.flow
+
+
+def run(**kwargs: Any) -> Any:
+    return asyncio.run(acquire(frequency_hz=FREQUENCY_HZ, return_state=True, **kwargs))
+
+
+def truth_by_receiver() -> dict[str, Any]:
+    network, _ = simulated_network(frequency_hz=FREQUENCY_HZ)  # built, not started
+    return {name: network.truth(name, FREQUENCY_HZ) for name in network.receivers}
+
+
+def test_embedded_default_end_to_end(prefect_server: None, tmp_path: Path) -> None:
+    duration = 2.0
+    state = run(
+        duration_s=duration,
+        network="simulated",
+        storage="local",
+        database="sqlite",
+        data_dir=str(tmp_path),
+    )
+    assert state.is_completed(), state.message
+    assert state.message == "7/7 receivers ok"
+    summary = state.result()
+    assert summary["ok"] == 7
+
+    rows = measurements_for(
+        sqlite_engine(tmp_path / "rf_acquisition.db"), summary["acquisition_id"]
+    )
+    assert {r["receiver"] for r in rows} == SEED_NAMES
+    truth = truth_by_receiver()
+    recordings = sorted((tmp_path / "recordings").rglob("*.npy"))
+    assert len(recordings) == 7
+    for row in rows:
+        assert row["status"] == "ok" and row["error"] is None
+        data_path = tmp_path / "recordings" / row["object_key"]
+        assert data_path in recordings
+        samples = np.load(data_path)
+        assert samples.dtype == np.complex64
+        # duration x true rate, rounded up to whole 512-sample frames
+        assert 0 <= samples.size - duration * row["sample_rate"] < 512
+        assert row["sample_count"] == samples.size
+        meta_path = data_path.with_suffix(".sigmf-meta")
+        back, meta = read_recording(data_path.read_bytes(), meta_path.read_bytes())
+        np.testing.assert_array_equal(back, samples)
+        assert meta["global"]["core:sha512"] == row["sha512"]
+        assert meta["global"]["core:sample_rate"] == pytest.approx(row["sample_rate"])
+        # The simulated physics comes back out of the measurements.
+        t = truth[row["receiver"]]
+        assert row["frequency_offset_hz"] == pytest.approx(t.frequency_offset_hz, abs=1.0)
+        assert row["power_dbfs"] == pytest.approx(t.power_dbfs, abs=0.5)
+        assert row["cn0_dbhz"] == pytest.approx(t.cn0_dbhz, abs=1.5)
+        assert row["gps_fix"] is True or row["gps_fix"] == 1
+
+
+def test_failing_receivers_do_not_fail_the_others(prefect_server: None, tmp_path: Path) -> None:
+    """One receiver refuses connections, one drops its first session (then recovers)."""
+    network, receivers = simulated_network(
+        frequency_hz=FREQUENCY_HZ,
+        faults={
+            "torino": Faults(refuse=True),
+            "genova": Faults(drop_after_frames=3, drop_attempts=1),
+        },
+    )
+    with network:
+        bind_urls(network, receivers)
+        for rx in receivers:
+            rx.save(receiver_name(rx), overwrite=True)
+        state = run(
+            duration_s=1.0,
+            network="blocks",
+            receivers=sorted(SEED_NAMES),
+            storage="local",
+            database="sqlite",
+            data_dir=str(tmp_path),
+        )
+        genova_connections = network.connections("genova")
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["ok"] == 6
+    assert state.message.startswith("6/7 receivers ok")
+    rows = {
+        r["receiver"]: r
+        for r in measurements_for(
+            sqlite_engine(tmp_path / "rf_acquisition.db"), summary["acquisition_id"]
+        )
+    }
+    assert len(rows) == 7
+    bad = rows["torino"]
+    assert bad["status"] in ("failed", "skipped")
+    assert "torino" in bad["error"] or "unreachable" in bad["error"].lower()
+    assert "unreachable" in bad["error"].lower() or "connect" in bad["error"].lower()
+    assert bad["object_key"] is None and bad["power_dbfs"] is None
+    assert rows["genova"]["status"] == "ok"
+    assert rows["genova"]["attempts"] == 2
+    assert genova_connections == 2
+    assert sum(r["status"] == "ok" for r in rows.values()) == 6
+
+
+def test_bad_request_fails_fast_with_field_and_range(prefect_server: None, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"duration_s=0\.0 is out of range \[0\.05, 600"):
+        asyncio.run(acquire(duration_s=0.0, network="simulated", data_dir=str(tmp_path)))
+    with pytest.raises(
+        ValueError, match=r"frequency_hz=1000000 is outside every selected receiver"
+    ):
+        asyncio.run(acquire(frequency_hz=1e6, network="simulated", data_dir=str(tmp_path)))
+    assert not (tmp_path / "rf_acquisition.db").exists()
+
+
+@pytest.mark.integration
+def test_against_real_timescaledb_and_s3(
+    prefect_server: None, s3_env: dict[str, str], pg_engine: Any, unique: str
+) -> None:
+    bucket = minio_bucket_from_env(s3_env)
+    bucket.bucket_folder = f"test-{unique}"
+    bucket.save(f"test-{unique}", overwrite=True)
+    timescaledb_from_env(s3_env).save(f"test-{unique}", overwrite=True)
+
+    state = run(
+        duration_s=1.0,
+        network="simulated",
+        storage=f"s3-bucket/test-{unique}",
+        database=f"timescaledb-connection/test-{unique}",
+    )
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["ok"] == 7
+    assert summary["storage"] == f"s3-bucket/test-{unique}"
+
+    objects = bucket.list_objects("acquisitions")
+    keys = {o["Key"] for o in objects}
+    npy = sorted(k for k in keys if k.endswith(".npy"))
+    assert len(npy) == 7
+    assert len([k for k in keys if k.endswith(".sigmf-meta")]) == 7
+
+    rows = measurements_for(pg_engine, summary["acquisition_id"])
+    assert len(rows) == 7
+    assert sorted(f"test-{unique}/{r['object_key']}" for r in rows) == npy
+    for row in rows[:2]:
+        data = bucket.read_path(row["object_key"])
+        meta = bucket.read_path(row["object_key"].removesuffix(".npy") + ".sigmf-meta")
+        samples, parsed = read_recording(data, meta)
+        assert samples.size == row["sample_count"]
+        assert parsed["global"]["core:sha512"] == row["sha512"]
+        assert json.loads(meta)["captures"][0]["core:frequency"] == FREQUENCY_HZ
+    with pg_engine.connect() as conn:
+        hypertables = (
+            conn.execute(text("SELECT hypertable_name FROM timescaledb_information.hypertables"))
+            .scalars()
+            .all()
+        )
+    assert "measurements" in hypertables
+    # No secret reached the summary the flow returned.
+    assert s3_env["RF_S3_SECRET_KEY"] not in json.dumps(summary, default=str)
+    assert s3_env["RF_PG_PASSWORD"] not in json.dumps(summary, default=str)

@@ -1,0 +1,306 @@
+"""Accuracy of tasks.dsp on synthetic captures with known truth.
+
+Each capture is a complex tone of known amplitude and offset plus circular white Gaussian
+noise of known density N0 (FS^2/Hz), so every expected figure is exact: power = A^2 + N0*fs,
+noise floor = N0, C/N0 = A^2/N0. All randomness is seeded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from tasks import dsp
+from tasks.dsp import Measurements, ProcessingError, carrier_offset_hz, measure, psd, rssi_dbm
+
+FS = 12001.135  # a true (GPS-measured) KiwiSDR rate, deliberately not 12000
+AMPLITUDE = 0.1  # -20 dBFS carrier
+
+
+def db(x: float) -> float:
+    return 10.0 * math.log10(x)
+
+
+def capture(
+    rng: np.random.Generator,
+    *,
+    seconds: float,
+    cn0_dbhz: float,
+    offset_hz: float,
+    amplitude: float = AMPLITUDE,
+    fs: float = FS,
+) -> tuple[np.ndarray, float]:
+    """Tone + noise as complex64; returns (samples, N0 in FS^2/Hz)."""
+    n = round(seconds * fs)
+    n0 = amplitude**2 / 10 ** (cn0_dbhz / 10)
+    sigma = math.sqrt(n0 * fs / 2.0)  # per real component
+    phase = rng.uniform(0.0, 2.0 * math.pi)
+    tone = amplitude * np.exp(1j * (2.0 * math.pi * offset_hz / fs * np.arange(n) + phase))
+    noise = sigma * (rng.standard_normal(n) + 1j * rng.standard_normal(n))
+    return (tone + noise).astype(np.complex64), n0
+
+
+def crb_std_hz(cn0_dbhz: float, n: int, fs: float = FS) -> float:
+    """Cramer-Rao bound on the std of a single-tone frequency estimate."""
+    eta = 10 ** (cn0_dbhz / 10) / fs  # per-sample SNR A^2/sigma^2 with sigma^2 = N0*fs
+    var = 6.0 * fs**2 / ((2.0 * math.pi) ** 2 * eta * n * (n * n - 1.0))
+    return math.sqrt(var)
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+@pytest.mark.parametrize("cn0_dbhz", [30, 40, 50, 60, 70, 80])
+def test_power_noise_floor_and_cn0_10s(cn0_dbhz: float) -> None:
+    rng = np.random.default_rng(100 + cn0_dbhz)
+    x, n0 = capture(rng, seconds=10.0, cn0_dbhz=cn0_dbhz, offset_hz=1234.5)
+    m = measure(x, FS)
+
+    assert m.sample_count == x.size
+    assert abs(m.power_dbfs - db(AMPLITUDE**2 + n0 * FS)) < 0.1
+    assert abs(m.noise_floor_dbfs_hz - db(n0)) < 0.5
+    assert abs(m.cn0_dbhz - cn0_dbhz) < 1.0
+    assert abs(m.signal_power_dbfs - db(AMPLITUDE**2)) < 1.0
+    assert m.snr_bandwidth_hz == 10000.0
+    assert m.snr_db == pytest.approx(m.cn0_dbhz - db(10000.0))
+
+
+@pytest.mark.parametrize("cn0_dbhz", [30, 50, 80])
+def test_cn0_holds_for_a_2s_capture_and_other_levels(cn0_dbhz: float) -> None:
+    rng = np.random.default_rng(200 + cn0_dbhz)
+    x, n0 = capture(rng, seconds=2.0, cn0_dbhz=cn0_dbhz, offset_hz=-2500.0, amplitude=0.5)
+    m = measure(x, FS)
+    assert abs(m.power_dbfs - db(0.25 + n0 * FS)) < 0.1
+    assert abs(m.noise_floor_dbfs_hz - db(n0)) < 0.5
+    assert abs(m.cn0_dbhz - cn0_dbhz) < 1.0
+
+
+@pytest.mark.parametrize("offset_hz", [0.0, 0.37, -1.5, 1234.5678, -3210.987, 4900.25, -4990.0])
+def test_cfo_within_1hz_at_50dbhz_2s(offset_hz: float) -> None:
+    rng = np.random.default_rng(7)
+    x, _ = capture(rng, seconds=2.0, cn0_dbhz=50.0, offset_hz=offset_hz, fs=12000.0)
+    m = measure(x, 12000.0)
+    assert abs(m.frequency_offset_hz - offset_hz) < 1.0
+    # the estimator is near the CRB (0.4 mHz here); 1 Hz is a loose guard.
+    assert abs(m.frequency_offset_hz - offset_hz) < 0.01
+
+
+@pytest.mark.parametrize("cn0_dbhz", [30, 40, 50, 60])
+def test_cfo_rms_error_within_10x_cramer_rao(cn0_dbhz: float) -> None:
+    rng = np.random.default_rng(300 + cn0_dbhz)
+    trials = 30
+    errors = []
+    n = round(2.0 * FS)
+    for _ in range(trials):
+        offset = rng.uniform(-4500.0, 4500.0)
+        x, _ = capture(rng, seconds=2.0, cn0_dbhz=cn0_dbhz, offset_hz=offset)
+        errors.append(carrier_offset_hz(x, FS) - offset)
+    rms = math.sqrt(float(np.mean(np.square(errors))))
+    assert rms < 10.0 * crb_std_hz(cn0_dbhz, n)
+
+
+def test_measure_and_carrier_offset_agree() -> None:
+    rng = np.random.default_rng(11)
+    x, _ = capture(rng, seconds=1.0, cn0_dbhz=45.0, offset_hz=-777.7)
+    assert measure(x, FS).frequency_offset_hz == carrier_offset_hz(x, FS)
+
+
+def test_cfo_search_is_limited_to_the_passband() -> None:
+    rng = np.random.default_rng(12)
+    x, _ = capture(rng, seconds=1.0, cn0_dbhz=70.0, offset_hz=5500.0)  # strong, out of band
+    y, _ = capture(rng, seconds=1.0, cn0_dbhz=50.0, offset_hz=-100.25)
+    f = carrier_offset_hz(x + y, FS, passband_hz=(-5000.0, 5000.0))
+    assert abs(f - (-100.25)) < 0.05
+
+
+def test_psd_density_scaling_and_axis() -> None:
+    rng = np.random.default_rng(13)
+    power = 0.02
+    n = 60000
+    x = (math.sqrt(power / 2) * (rng.standard_normal(n) + 1j * rng.standard_normal(n))).astype(
+        np.complex64
+    )
+    freqs, density = psd(x, FS, nperseg=1024)
+    assert freqs.shape == density.shape == (1024,)
+    assert density.dtype == np.float64
+    assert np.all(np.diff(freqs) > 0)
+    assert freqs[512] == 0.0
+    assert freqs[0] == pytest.approx(-FS / 2)
+    assert float(np.mean(density)) == pytest.approx(power / FS, rel=0.02)
+    # integrating the density gives the power back (Parseval with density scaling)
+    assert float(density.sum()) * FS / 1024 == pytest.approx(power, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("n", "nperseg"),
+    [
+        (120011, 4096),  # 10 s at the true rate: not a multiple of nperseg, tail dropped
+        (60000, 1024),
+        (50001, 1000),  # hop 500, odd length
+        (5003, 999),  # odd nperseg: noverlap 499, hop 500
+        (4096, 4096),  # a single segment
+    ],
+)
+def test_psd_matches_scipy_welch(n: int, nperseg: int) -> None:
+    rng = np.random.default_rng(n)
+    x = (0.05 * (rng.standard_normal(n) + 1j * rng.standard_normal(n))).astype(np.complex64)
+    freqs, density = psd(x, FS, nperseg=nperseg)
+    ref_freqs, ref_density = scipy.signal.welch(
+        x,
+        fs=FS,
+        window="hann",
+        nperseg=nperseg,
+        noverlap=nperseg // 2,
+        detrend=False,
+        return_onesided=False,
+        scaling="density",
+    )
+    np.testing.assert_array_equal(freqs, np.fft.fftshift(ref_freqs))
+    assert density.dtype == np.float64
+    # a lone periodogram has bins near zero, whose float32-FFT error is relatively large
+    atol = 1e-6 * float(ref_density.mean()) if n == nperseg else 0.0
+    np.testing.assert_allclose(density, np.fft.fftshift(ref_density), rtol=1e-5, atol=atol)
+
+
+def test_lost_frames_written_as_zeros_are_fine() -> None:
+    rng = np.random.default_rng(14)
+    x, n0 = capture(rng, seconds=10.0, cn0_dbhz=50.0, offset_hz=321.0)
+    x[5000:6024] = 0  # two lost 512-sample frames
+    x[90000:90512] = 0
+    m = measure(x, FS)
+    assert abs(m.noise_floor_dbfs_hz - db(n0)) < 0.5
+    assert abs(m.cn0_dbhz - 50.0) < 1.0
+    assert abs(m.frequency_offset_hz - 321.0) < 0.01
+
+
+def test_noise_only_and_silent_captures_are_finite() -> None:
+    rng = np.random.default_rng(15)
+    noise = (0.01 * (rng.standard_normal(24000) + 1j * rng.standard_normal(24000))).astype(
+        np.complex64
+    )
+    for x in (noise, np.zeros(24000, np.complex64)):
+        values = measure(x, FS).as_dict()
+        assert all(math.isfinite(v) for v in values.values()), values
+
+
+def test_complex128_input_and_custom_passband() -> None:
+    rng = np.random.default_rng(16)
+    x, _ = capture(rng, seconds=2.0, cn0_dbhz=60.0, offset_hz=1000.0)
+    m = measure(x.astype(np.complex128), FS, passband_hz=(0.0, 3000.0))
+    assert m.snr_bandwidth_hz == 3000.0
+    assert abs(m.frequency_offset_hz - 1000.0) < 0.01
+    assert abs(m.cn0_dbhz - 60.0) < 1.0
+
+
+def test_as_dict_types() -> None:
+    rng = np.random.default_rng(17)
+    x, _ = capture(rng, seconds=0.5, cn0_dbhz=50.0, offset_hz=10.0)
+    m = measure(x, FS)
+    d = m.as_dict()
+    assert isinstance(m, Measurements)
+    assert list(d) == [
+        "power_dbfs",
+        "noise_floor_dbfs_hz",
+        "signal_power_dbfs",
+        "cn0_dbhz",
+        "snr_db",
+        "snr_bandwidth_hz",
+        "frequency_offset_hz",
+        "sample_count",
+    ]
+    assert type(d["sample_count"]) is int
+    assert all(type(v) is float for k, v in d.items() if k != "sample_count")
+
+
+# --------------------------------------------------------------------------- bad input
+
+_GOOD = np.ones(1000, np.complex64)
+
+
+@pytest.mark.parametrize(
+    ("samples", "match"),
+    [
+        (np.zeros(0, np.complex64), r"samples: capture is empty; need at least 256"),
+        (np.ones(100, np.complex64), r"samples: 100 samples are too few .* at least 256"),
+        (np.ones(1000, np.float32), r"samples: dtype must be complex .* got float32"),
+        (np.ones(1000, np.int16), r"samples: dtype must be complex .* got int16"),
+        (np.ones((2, 1000), np.complex64), r"samples: must be 1-D, got shape \(2, 1000\)"),
+        (
+            np.where(np.arange(1000) == 17, np.nan, 1.0).astype(np.complex64),
+            r"samples: 1 non-finite \(NaN/Inf\) values, first at index 17",
+        ),
+        (
+            np.where(np.arange(1000) >= 990, np.inf, 1.0).astype(np.complex64),
+            r"samples: 10 non-finite \(NaN/Inf\) values, first at index 990",
+        ),
+    ],
+)
+def test_bad_samples(samples: np.ndarray, match: str) -> None:
+    with pytest.raises(ProcessingError, match=match):
+        measure(samples, FS)
+
+
+@pytest.mark.parametrize("rate", [0.0, -12000.0, float("nan"), float("inf"), "fast", None])
+def test_bad_sample_rate(rate: object) -> None:
+    with pytest.raises(ProcessingError, match=r"sample_rate: must be a finite number > 0 Hz"):
+        measure(_GOOD, rate)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "passband",
+    [(-7000.0, 5000.0), (-5000.0, 6001.0), (100.0, 100.0), (200.0, -200.0), (float("nan"), 10.0)],
+)
+def test_bad_passband(passband: tuple[float, float]) -> None:
+    with pytest.raises(
+        ProcessingError,
+        match=r"passband_hz: .* -6000.57 <= low < high <= "
+        r"\+6000.57 Hz \(±fs/2\)",
+    ):
+        measure(_GOOD, FS, passband_hz=passband)
+
+
+def test_passband_narrower_than_psd_resolution() -> None:
+    with pytest.raises(ProcessingError, match=r"passband_hz: .* fewer than 3 PSD bins"):
+        measure(np.ones(20000, np.complex64), FS, passband_hz=(10.0, 12.0))
+
+
+def test_processing_error_is_a_value_error() -> None:
+    assert issubclass(ProcessingError, ValueError)
+
+
+def test_psd_bad_input() -> None:
+    with pytest.raises(ProcessingError, match=r"samples: 1000 samples are too few .* 4096"):
+        psd(_GOOD, FS)
+    with pytest.raises(ProcessingError, match=r"nperseg: must be an integer >= 16"):
+        psd(_GOOD, FS, nperseg=8)
+    with pytest.raises(ProcessingError, match=r"sample_rate"):
+        psd(_GOOD, -1.0, nperseg=256)
+
+
+# --------------------------------------------------------------------------- RSSI
+
+
+def test_rssi_dbm_is_median_of_converted_values() -> None:
+    raw = np.array([470, 480, 490, 10000], dtype=np.uint16)  # one transient frame
+    assert rssi_dbm(raw) == pytest.approx(0.1 * 485 - 127.0)
+    assert rssi_dbm(np.array([0], np.uint16)) == -127.0
+
+
+def test_rssi_dbm_rejects_empty_and_non_numeric() -> None:
+    with pytest.raises(ProcessingError, match=r"smeter_raw: empty"):
+        rssi_dbm(np.array([], dtype=np.uint16))
+    with pytest.raises(ProcessingError, match=r"smeter_raw: must be numeric"):
+        rssi_dbm(np.array(["a"]))
+    with pytest.raises(ProcessingError, match=r"smeter_raw: contains NaN/Inf"):
+        rssi_dbm(np.array([1.0, np.nan]))
+
+
+def test_median_correction_is_small_and_below_one() -> None:
+    # 10 s at 4096 points: ~58 segments, so the median sits ~0.03 dB under the mean
+    ratio = dsp._median_to_mean(120011, 4096)
+    assert 0.99 < ratio < 1.0
+    # one segment: an exponential, whose median/mean is ln 2
+    assert dsp._median_to_mean(4096, 4096) == pytest.approx(math.log(2), rel=0.02)

@@ -1,0 +1,589 @@
+"""The real async KiwiSDR client against the real simulator over loopback websockets.
+
+No mocks: every test opens real websockets to a :class:`SimulatedNetwork` running in a
+background thread, and checks what the client recorded against what the simulator
+regenerates (bit for bit), against the emitter's ground truth (delay, power, carrier
+offset), and against the simulator's log of client commands and connection attempts.
+Frames come in real time, so captures are kept short (0.3-0.5 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+import scipy.signal
+from prefect import flow
+
+from blocks.receiver import KiwiSDRReceiver
+from tasks import dsp
+from tasks.capture import capture as capture_task
+from tasks.capture import check_status
+from tasks.kiwisdr import codec
+from tasks.kiwisdr.client import Capture, CaptureSettings, capture_iq
+from tasks.kiwisdr.emitter import Emitter
+from tasks.kiwisdr.errors import (
+    AuthenticationFailed,
+    FrequencyOutOfRange,
+    KiwiSDRError,
+    ProtocolError,
+    ReceiverBusy,
+    ReceiverDown,
+    ReceiverUnreachable,
+    StreamDropped,
+    StreamStalled,
+    is_transient,
+)
+from tasks.kiwisdr.simulator import Faults, SimulatedNetwork, SimulatedReceiver
+from tasks.kiwisdr.status import fetch_status
+
+RF_HZ = 145.5e6  # the 2 m emitter; behind a 116 MHz down-converter the Kiwi dials 29500 kHz
+OFFSET_KHZ = 116000.0
+DIAL_KHZ = 29500.0
+HF_HZ = 14.2e6  # what the bare (HF-only) receiver is tuned to
+PASSBAND = (-5000.0, 5000.0)
+SHORT_S = 0.3
+PASSWORD = "hunter2"
+N = codec.SAMPLES_PER_FRAME
+RANGE_2M = (144e6, 146e6)
+
+
+def _rx(name: str, lat: float, lon: float, **kwargs: object) -> SimulatedReceiver:
+    kwargs.setdefault("freq_offset_khz", OFFSET_KHZ)
+    return SimulatedReceiver(name=name, latitude=lat, longitude=lon, altitude_m=300, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def remote() -> Iterator[SimulatedNetwork]:
+    """A second network whose one receiver is the target of the main network's redirect."""
+    emitter = Emitter(44.90, 8.20, 300, RF_HZ, eirp_dbm=40.0, seed=3)
+    with SimulatedNetwork(
+        [_rx("target", 45.10, 7.60, sample_rate=12000.874, lo_ppm=-0.3)], emitter, seed=5
+    ) as net:
+        yield net
+
+
+@pytest.fixture(scope="module")
+def network(remote: SimulatedNetwork) -> Iterator[SimulatedNetwork]:
+    """2 m carrier emitter, healthy receivers, and one receiver per injected fault."""
+    emitter = Emitter(44.90, 8.20, 300, RF_HZ, eirp_dbm=40.0, modulation="carrier", seed=7)
+    receivers = [
+        _rx("alpha", 45.02, 7.29, sample_rate=12001.135, lo_ppm=0.40),
+        _rx("bravo", 45.234, 7.857, sample_rate=12000.981, lo_ppm=-0.25, password=PASSWORD),
+        # A bare KiwiSDR on 3-channel firmware: HF only, nominal 20250 Hz.
+        _rx("hf", 45.5, 9.1, sample_rate=20250.518, freq_offset_khz=0.0),
+        _rx("single", 45.3, 7.9, users_max=1),
+        _rx("refuse", 45.1, 7.5, faults=Faults(refuse=True)),
+        _rx("busy", 45.1, 7.5, faults=Faults(too_busy=True)),
+        _rx("down", 45.1, 7.5, faults=Faults(down=True)),
+        _rx("drop", 45.1, 7.5, faults=Faults(drop_after_frames=2)),
+        _rx("drop-twice", 45.1, 7.5, faults=Faults(drop_after_frames=2, drop_attempts=2)),
+        _rx("stall", 45.1, 7.5, faults=Faults(stall_after_frames=3)),
+        _rx("malformed", 45.1, 7.5, faults=Faults(malformed_at_frame=2)),
+        _rx("lossy", 45.2, 7.7, sample_rate=12001.412, faults=Faults(lost_frames=(2, 3))),
+        _rx("nogps", 45.1, 7.5, faults=Faults(no_gps=True)),
+        _rx("redirector", 45.1, 7.5, faults=Faults(redirect_to=remote.url("target"))),
+    ]
+    with SimulatedNetwork(receivers, emitter, seed=11) as net:
+        yield net
+
+
+@pytest.fixture(scope="module")
+def tdoa_network() -> Iterator[SimulatedNetwork]:
+    """A BPSK emitter on HF heard by a near and a far receiver with the same sample rate."""
+    emitter = Emitter(45.0, 7.5, 200, 10.1e6, eirp_dbm=20.0, modulation="bpsk", symbol_rate=2400)
+    receivers = [
+        _rx("near", 45.05, 7.52, freq_offset_khz=0.0, sample_rate=12001.135),
+        _rx("far", 43.0, 8.6, freq_offset_khz=0.0, sample_rate=12001.135),
+    ]
+    with SimulatedNetwork(receivers, emitter, seed=13) as net:
+        yield net
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def settings(frequency_hz: float = RF_HZ, duration_s: float = SHORT_S, **kw: object):
+    return CaptureSettings(frequency_hz=frequency_hz, duration_s=duration_s, **kw)
+
+
+def grab(
+    net: SimulatedNetwork,
+    name: str,
+    s: CaptureSettings | None = None,
+    *,
+    url_of: str | None = None,
+    **kwargs: object,
+) -> Capture:
+    """One capture with the real client (offset from the simulated receiver by default)."""
+    kwargs.setdefault("freq_offset_khz", net.receivers[name].freq_offset_khz)
+    return asyncio.run(
+        capture_iq(net.url(url_of or name), s or settings(), receiver=name, **kwargs)
+    )
+
+
+def first_sample_index(net: SimulatedNetwork, cap: Capture) -> int:
+    """Absolute sample index of the first captured frame, from its GPS seconds of week."""
+    epoch_sow = net.epoch_gps_s % codec.SECONDS_PER_WEEK
+    rel = (cap.frame_gps_s[0] - epoch_sow) % codec.SECONDS_PER_WEEK
+    exact = rel * cap.sample_rate
+    index = round(exact)
+    assert abs(exact - index) < 0.01, "frame time is not on the sample grid"
+    assert index % N == 0, f"first sample index {index} is not a multiple of {N}"
+    return index
+
+
+def as_int16(samples: np.ndarray) -> np.ndarray:
+    """complex64 full scale 1.0 back to the (n, 2) int16 the server sent (checked exact)."""
+    scaled = np.column_stack([samples.real, samples.imag]).astype(np.float64) * 32768.0
+    assert np.array_equal(scaled, np.rint(scaled)), "samples are not int16 / 32768"
+    return scaled.astype(np.int16)
+
+
+def assert_bit_exact(
+    net: SimulatedNetwork,
+    name: str,
+    cap: Capture,
+    rf_hz: float,
+    *,
+    passband: tuple[float, float] = PASSBAND,
+) -> int:
+    """Every frame equals the simulator's regeneration; gaps are zeros. Returns index 0."""
+    index0 = first_sample_index(net, cap)
+    got = as_int16(cap.samples)
+    assert got.shape == (cap.frames_expected * N, 2)
+    missing = {start // N + k for start, count in cap.gaps for k in range(count // N)}
+    for k in range(cap.frames_expected):
+        frame = got[k * N : (k + 1) * N]
+        if k in missing:
+            assert not frame.any(), f"lost frame {k} is not zero-filled"
+            continue
+        expected, _ = net.frame_iq(name, index0 + k * N, rf_hz, passband)
+        np.testing.assert_array_equal(frame, expected, err_msg=f"{name} frame {k}")
+    return index0
+
+
+def sim_utc(net: SimulatedNetwork, index: int, fs: float) -> datetime:
+    """The simulator's time of absolute sample ``index``: GPS epoch + index / fs, as UTC."""
+    gps_s = net.epoch_gps_s + index / fs
+    return codec.GPS_EPOCH + timedelta(seconds=gps_s - codec.GPS_UTC_LEAP_SECONDS)
+
+
+def whole_second_ahead(seconds: float = 1.0) -> datetime:
+    now = datetime.now(UTC) + timedelta(seconds=seconds)
+    return now.replace(microsecond=0) + timedelta(seconds=1)
+
+
+def handshake(password_masked: bool = True, *, freq_khz: float = DIAL_KHZ, gain: int = 50):
+    return [
+        "SET auth t=kiwi p=***",
+        "SET AR OK in=12000 out=44100",
+        "SET squelch=0 max=0",
+        "SET genattn=0",
+        "SET gen=0 mix=-1",
+        "SET ident_user=rf-acquisition",
+        f"SET mod=iq low_cut=-5000 high_cut=5000 freq={freq_khz:.3f}",
+        f"SET agc=0 hang=0 thresh=-100 slope=6 decay=1000 manGain={gain}",
+        "SET keepalive",
+    ]
+
+
+def block(net: SimulatedNetwork, name: str, **kwargs: object) -> KiwiSDRReceiver:
+    rx = net.receivers[name]
+    return KiwiSDRReceiver(
+        url=net.url(name),
+        latitude=rx.latitude,
+        longitude=rx.longitude,
+        min_frequency_hz=RANGE_2M[0],
+        max_frequency_hz=RANGE_2M[1],
+        freq_offset_khz=rx.freq_offset_khz,
+        **kwargs,
+    )
+
+
+# --- 1. bit-exact samples ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "rf_hz", "dial_khz", "password"),
+    [
+        ("alpha", RF_HZ, DIAL_KHZ, None),  # 2 m behind the 116 MHz down-converter
+        ("bravo", RF_HZ, DIAL_KHZ, PASSWORD),  # another true rate, password protected
+        ("hf", HF_HZ, 14200.0, None),  # bare Kiwi at 20250.518 Hz, carrier out of band
+    ],
+)
+def test_samples_are_bit_exact(
+    network: SimulatedNetwork, name: str, rf_hz: float, dial_khz: float, password: str | None
+) -> None:
+    rx = network.receivers[name]
+    cap = grab(network, name, settings(rf_hz), password=password)
+    assert cap.receiver == name
+    assert cap.sample_rate == rx.sample_rate
+    assert cap.tuned_khz == dial_khz
+    assert cap.freq_offset_khz == rx.freq_offset_khz
+    assert cap.frequency_hz == rf_hz
+    assert cap.frames_expected == math.ceil(SHORT_S * rx.sample_rate / N)
+    assert cap.frames_received == cap.frames_expected
+    assert cap.samples.dtype == np.complex64
+    assert cap.lost_frames == 0 and cap.gaps == []
+    assert cap.gps_fix and not cap.little_endian
+    assert cap.adc_overflow_frames == 0
+    np.testing.assert_array_equal(cap.frame_seq, np.arange(1, cap.frames_expected + 1))
+    np.testing.assert_allclose(np.diff(cap.frame_gps_s), N / rx.sample_rate, atol=2e-6)
+    index0 = assert_bit_exact(network, name, cap, rf_hz)
+    assert index0 > 0
+    if name == "hf":  # the 2 m carrier cannot leak into an HF passband: noise only
+        assert 10 * np.log10(np.mean(np.abs(cap.samples) ** 2)) < -55
+
+
+# --- 2. GPS time -----------------------------------------------------------------------------
+
+
+def test_first_sample_time_matches_simulator(network: SimulatedNetwork) -> None:
+    cap = grab(network, "alpha")
+    index0 = first_sample_index(network, cap)
+    truth = sim_utc(network, index0, cap.sample_rate)
+    assert abs((cap.start_utc - truth).total_seconds()) < 1e-3
+    assert cap.start_utc.tzinfo is not None
+    # And it is "now": the capture just happened.
+    assert abs((datetime.now(UTC) - cap.start_utc).total_seconds()) < 5
+
+
+def test_start_at_aligns_first_sample(network: SimulatedNetwork) -> None:
+    start_at = whole_second_ahead(1.0)
+    cap = grab(network, "bravo", settings(start_at=start_at), password=PASSWORD)
+    index0 = assert_bit_exact(network, "bravo", cap, RF_HZ)
+    truth = sim_utc(network, index0, cap.sample_rate)
+    frame_s = N / cap.sample_rate
+    lag = (truth - start_at).total_seconds()
+    assert 0.0 <= lag < frame_s + 1e-6
+    assert abs((cap.start_utc - truth).total_seconds()) < 1e-3
+    assert -1e-6 <= (cap.start_utc - start_at).total_seconds() < frame_s + 1e-6
+
+
+# --- 3. handshake and keepalive ----------------------------------------------------------------
+
+
+def test_handshake_order(network: SimulatedNetwork) -> None:
+    before = len(network.commands("alpha"))
+    connections = network.connections("alpha")
+    grab(network, "alpha")
+    assert network.connections("alpha") == connections + 1
+    assert network.commands("alpha")[before:] == handshake()
+
+
+def test_handshake_masks_password(network: SimulatedNetwork) -> None:
+    before = len(network.commands("bravo"))
+    cap = grab(network, "bravo", settings(gain_db=37.0), password=PASSWORD)
+    sent = network.commands("bravo")[before:]
+    assert sent == handshake(gain=37)
+    assert not any(PASSWORD in c for c in sent)
+    # The server's messages are kept (badp=0 and the converter offset among them).
+    assert cap.server["badp"] == "0"
+    assert float(cap.server["freq_offset"]) == OFFSET_KHZ
+    assert cap.server["audio_rate"] == "12000"
+
+
+def test_keepalive_about_once_a_second(network: SimulatedNetwork) -> None:
+    before = len(network.commands("alpha"))
+    t0 = time.monotonic()
+    cap = grab(network, "alpha", settings(duration_s=2.5))
+    elapsed = time.monotonic() - t0
+    sent = network.commands("alpha")[before:]
+    assert sent[: len(handshake())] == handshake()
+    periodic = sent[len(handshake()) :]
+    assert set(periodic) == {"SET keepalive"}
+    assert 2 <= len(periodic) <= math.ceil(elapsed)
+    assert cap.frames_received == math.ceil(2.5 * cap.sample_rate / N)
+
+
+# --- 4. little-endian samples -------------------------------------------------------------------
+
+
+def test_little_endian(network: SimulatedNetwork) -> None:
+    before = len(network.commands("alpha"))
+    cap = grab(network, "alpha", settings(little_endian=True))
+    assert cap.little_endian
+    assert "SET little-endian" in network.commands("alpha")[before:]
+    assert_bit_exact(network, "alpha", cap, RF_HZ)
+
+
+# --- 5. faults -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "extra"),
+    [
+        ("refuse", ReceiverUnreachable, {}),
+        ("busy", ReceiverBusy, {}),
+        ("down", ReceiverDown, {}),
+        ("drop", StreamDropped, {}),
+        ("stall", StreamStalled, {"frame_timeout_s": 0.5}),
+        ("malformed", ProtocolError, {}),
+    ],
+)
+def test_fault_raises_typed_error(
+    network: SimulatedNetwork, name: str, error: type[KiwiSDRError], extra: dict
+) -> None:
+    connections = network.connections(name)
+    t0 = time.monotonic()
+    with pytest.raises(error) as info:
+        grab(network, name, settings(**extra))
+    assert time.monotonic() - t0 < 3.0
+    assert type(info.value) is error
+    assert info.value.receiver == name
+    assert is_transient(info.value) is (error is not ProtocolError)
+    # A refused port never sees a websocket; every other fault is one connection.
+    assert network.connections(name) == connections + (0 if name == "refuse" else 1)
+    if name == "drop":
+        assert "after 2 of" in str(info.value)
+    if name == "stall":
+        assert "IQ frame" in str(info.value)
+
+
+def test_wrong_password_is_permanent(network: SimulatedNetwork) -> None:
+    for wrong in ("not-it", None):
+        with pytest.raises(AuthenticationFailed) as info:
+            grab(network, "bravo", password=wrong)
+        assert not is_transient(info.value)
+        assert "badp=1" in str(info.value)
+    cap = grab(network, "bravo", password=PASSWORD)
+    assert cap.frames_received == cap.frames_expected
+
+
+def test_lost_frames_are_zero_filled_gaps(network: SimulatedNetwork) -> None:
+    cap = grab(network, "lossy")
+    assert cap.frames_expected == math.ceil(SHORT_S * 12001.412 / N) == 8
+    assert cap.lost_frames == 2
+    assert cap.frames_received == 6
+    assert cap.gaps == [(2 * N, 1024)]
+    assert not cap.samples[2 * N : 4 * N].any()
+    np.testing.assert_array_equal(cap.frame_seq, [1, 2, 5, 6, 7, 8, 9, 10][: cap.frames_received])
+    assert cap.smeter.size == cap.frame_gps_s.size == 6
+    # The time axis stays true: frame 4 is four frames after frame 0.
+    assert cap.frame_gps_s[2] - cap.frame_gps_s[0] == pytest.approx(4 * N / 12001.412, abs=2e-6)
+    assert_bit_exact(network, "lossy", cap, RF_HZ)
+
+
+def test_no_gps_clears_fix(network: SimulatedNetwork) -> None:
+    cap = grab(network, "nogps")
+    assert not cap.gps_fix
+    assert cap.frames_received == cap.frames_expected
+    # Host-clock estimate of the start: recent, though not GPS-accurate.
+    assert abs((datetime.now(UTC) - cap.start_utc).total_seconds()) < 5
+
+
+def test_redirect_is_followed_once(network: SimulatedNetwork, remote: SimulatedNetwork) -> None:
+    before = len(network.commands("redirector"))
+    target_before = len(remote.commands("target"))
+    connections = (network.connections("redirector"), remote.connections("target"))
+    cap = grab(network, "redirector")
+    assert (network.connections("redirector"), remote.connections("target")) == (
+        connections[0] + 1,
+        connections[1] + 1,
+    )
+    assert network.commands("redirector")[before:] == ["SET auth t=kiwi p=***"]
+    assert remote.commands("target")[target_before:] == handshake()
+    assert cap.receiver == "redirector"
+    assert cap.sample_rate == remote.receivers["target"].sample_rate
+    assert_bit_exact(remote, "target", cap, RF_HZ)
+
+
+def test_out_of_range_fails_before_connecting(network: SimulatedNetwork) -> None:
+    connections = network.connections("alpha")
+    with pytest.raises(FrequencyOutOfRange) as info:
+        grab(network, "alpha", settings(147e6), tunable_range_hz=RANGE_2M)
+    assert not is_transient(info.value)
+    assert "tunable range" in str(info.value)
+    assert network.connections("alpha") == connections
+
+
+@pytest.mark.parametrize(
+    ("name", "rf_hz", "client_offset_khz", "dial"),
+    [
+        ("alpha", 150e6, OFFSET_KHZ, "34000.000"),  # beyond 30 MHz behind the converter
+        # Configured as a 2 m station, but the server says it has no converter: its
+        # offset wins, and 145.5 MHz cannot be tuned on a bare Kiwi.
+        ("hf", RF_HZ, OFFSET_KHZ, "145500.000"),
+    ],
+)
+def test_dial_outside_kiwi_coverage(
+    network: SimulatedNetwork, name: str, rf_hz: float, client_offset_khz: float, dial: str
+) -> None:
+    connections = network.connections(name)
+    before = len(network.commands(name))
+    with pytest.raises(FrequencyOutOfRange) as info:
+        grab(network, name, settings(rf_hz), freq_offset_khz=client_offset_khz)
+    assert not is_transient(info.value)
+    assert f"{dial} kHz" in str(info.value)
+    assert network.connections(name) == connections + 1
+    # Refused before tuning: nothing past the authentication was sent.
+    assert network.commands(name)[before:] == ["SET auth t=kiwi p=***"]
+
+
+# --- 6. retries in the Prefect task ----------------------------------------------------------------
+
+
+@flow(name="test-kiwisdr-capture")
+async def capture_flow(name: str, receiver: KiwiSDRReceiver, s: CaptureSettings) -> Capture:
+    task = capture_task.with_options(retry_delay_seconds=0, retry_jitter_factor=None)
+    return await task(name, receiver, s)
+
+
+@pytest.mark.flow
+def test_task_retries_dropped_stream(network: SimulatedNetwork, prefect_server: None) -> None:
+    assert network.connections("drop-twice") == 0
+    cap = asyncio.run(capture_flow("drop-twice", block(network, "drop-twice"), settings()))
+    assert network.connections("drop-twice") == 3
+    assert cap.attempts == 3
+    assert cap.frames_received == cap.frames_expected
+    assert_bit_exact(network, "drop-twice", cap, RF_HZ)
+
+
+@pytest.mark.flow
+def test_task_does_not_retry_wrong_password(
+    network: SimulatedNetwork, prefect_server: None
+) -> None:
+    connections = network.connections("bravo")
+    with pytest.raises(AuthenticationFailed):
+        asyncio.run(capture_flow("bravo", block(network, "bravo", password="wrong"), settings()))
+    assert network.connections("bravo") == connections + 1
+
+
+@pytest.mark.flow
+def test_task_retries_busy_three_times(network: SimulatedNetwork, prefect_server: None) -> None:
+    connections = network.connections("busy")
+    with pytest.raises(ReceiverBusy):
+        asyncio.run(capture_flow("busy", block(network, "busy"), settings()))
+    assert network.connections("busy") == connections + 4
+
+
+# --- 7. /status ------------------------------------------------------------------------------------
+
+
+def test_status_page(network: SimulatedNetwork) -> None:
+    rx = network.receivers["alpha"]
+    status = asyncio.run(fetch_status(network.url("alpha")))
+    assert status.users == 0 and status.users_max == 4 and not status.full
+    assert status.latitude == pytest.approx(rx.latitude)
+    assert status.longitude == pytest.approx(rx.longitude)
+    assert status.antenna == rx.antenna
+    assert status.gps_fix and not status.offline
+    assert "alpha" in status.name
+    assert float(status.raw["freq_offset"]) == OFFSET_KHZ
+    assert not asyncio.run(fetch_status(network.url("nogps"))).gps_fix
+    down = asyncio.run(check_status("down", block(network, "down")))
+    assert not down.ok and "offline" in down.reason
+
+
+def test_status_unreachable(network: SimulatedNetwork) -> None:
+    with pytest.raises(ReceiverUnreachable) as info:
+        asyncio.run(fetch_status(network.url("refuse"), timeout_s=2.0))
+    assert is_transient(info.value)
+    result = asyncio.run(check_status("refuse", block(network, "refuse"), timeout_s=2.0))
+    assert not result.ok and result.status is None
+    assert "status check failed" in result.reason
+
+
+def test_status_counts_users_while_capturing(network: SimulatedNetwork) -> None:
+    url = network.url("single")
+    receiver = block(network, "single")
+
+    async def scenario() -> tuple[list[int], object, BaseException | None, Capture, int]:
+        idle = await check_status("single", receiver)
+        running = asyncio.create_task(
+            capture_iq(url, settings(duration_s=1.0), receiver="single", freq_offset_khz=OFFSET_KHZ)
+        )
+        users = [(await fetch_status(url)).users]
+        deadline = time.monotonic() + 2.0
+        while users[-1] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            users.append((await fetch_status(url)).users)
+        busy = await check_status("single", receiver)
+        second: BaseException | None = None
+        try:
+            await capture_iq(url, settings(), receiver="single", freq_offset_khz=OFFSET_KHZ)
+        except KiwiSDRError as exc:
+            second = exc
+        cap = await running
+        after = (await fetch_status(url)).users
+        deadline = time.monotonic() + 2.0
+        while after and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            after = (await fetch_status(url)).users
+        assert idle.ok and idle.status is not None and idle.status.users == 0
+        return users, busy, second, cap, after
+
+    users, busy, second, cap, after = asyncio.run(scenario())
+    assert users[0] == 0 or users[-1] == 1
+    assert users[-1] == 1
+    assert not busy.ok and "full" in busy.reason
+    assert busy.status.users == 1 and busy.status.users_max == 1
+    assert isinstance(second, ReceiverBusy)  # the one channel is taken
+    assert cap.frames_received == cap.frames_expected
+    assert after == 0
+
+
+# --- 8. the emitter model: TDOA, power, carrier offset --------------------------------------------
+
+
+def _peak_lag(a: np.ndarray, b: np.ndarray, max_lag: int) -> float:
+    """Lag (samples) by which ``b`` trails ``a``, parabolic-interpolated |xcorr| peak."""
+    c = np.abs(scipy.signal.correlate(b, a, mode="full", method="fft"))
+    lags = scipy.signal.correlation_lags(b.size, a.size, mode="full")
+    window = np.abs(lags) <= max_lag
+    c, lags = c[window], lags[window]
+    k = int(np.argmax(c))
+    assert 0 < k < c.size - 1
+    y0, y1, y2 = c[k - 1], c[k], c[k + 1]
+    return float(lags[k] + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2))
+
+
+def test_tdoa_between_two_receivers(tdoa_network: SimulatedNetwork) -> None:
+    net = tdoa_network
+    f_hz = net.emitter.frequency_hz
+    start_at = whole_second_ahead(1.0)
+    s = settings(f_hz, 0.5, start_at=start_at)
+
+    async def both() -> list[Capture]:
+        return await asyncio.gather(
+            *(capture_iq(net.url(n), s, receiver=n) for n in ("near", "far"))
+        )
+
+    near, far = asyncio.run(both())
+    fs = near.sample_rate
+    assert far.sample_rate == fs
+    # Same start instant, same sample grid: the very same frames in GPS time.
+    np.testing.assert_array_equal(near.frame_gps_s, far.frame_gps_s)
+    assert first_sample_index(net, near) == first_sample_index(net, far)
+    assert near.start_utc == far.start_utc >= start_at
+    for name, cap in (("near", near), ("far", far)):
+        assert cap.adc_overflow_frames == 0 and cap.lost_frames == 0
+        assert_bit_exact(net, name, cap, f_hz)
+
+    t_near, t_far = net.truth("near", f_hz), net.truth("far", f_hz)
+    expected = (t_far.delay_s - t_near.delay_s) * fs
+    assert expected > 5  # a meaningful delay: ~240 km of path difference
+    measured = _peak_lag(near.samples.astype(np.complex128), far.samples, max_lag=64)
+    assert abs(measured - expected) < 1.0, (measured, expected)
+
+
+def test_power_and_carrier_offset_match_truth(network: SimulatedNetwork) -> None:
+    cap = grab(network, "alpha", settings(duration_s=0.5))
+    truth = network.truth("alpha", RF_HZ)
+    assert truth.cn0_dbhz > 60  # strong carrier: noise adds < 0.01 dB to the power
+    assert abs(truth.frequency_offset_hz - (-0.40e-6 * RF_HZ)) < 1e-3
+    power = 10 * np.log10(np.mean(np.abs(cap.samples.astype(np.complex128)) ** 2))
+    assert abs(power - truth.power_dbfs) < 0.5
+    m = dsp.measure(cap.samples, cap.sample_rate)
+    assert abs(m.signal_power_dbfs - truth.power_dbfs) < 0.5
+    cfo = dsp.carrier_offset_hz(cap.samples, cap.sample_rate)
+    assert abs(cfo - truth.frequency_offset_hz) < 1.0
+    # The S-meter reports the same power in dBm (0.1 dB steps).
+    rssi = np.array([codec.smeter_to_dbm(int(v)) for v in cap.smeter])
+    assert np.all(np.abs(rssi - truth.received_dbm) < 0.5)
