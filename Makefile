@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 
 venv: $(STAMP)
 
+# The embedded Prefect server logs its own shutdown races at ERROR; they are noise here.
 run: $(STAMP)
+	PREFECT_SERVER_LOGGING_LEVEL=$${PREFECT_SERVER_LOGGING_LEVEL:-CRITICAL} \
 	$(PY) -m flows.acquisition --network simulated --storage local --database sqlite --duration-s 2
 
 test: $(STAMP)
