@@ -26,9 +26,11 @@ test: $(STAMP)
 services-up: $(STAMP)
 	bash scripts/services.sh install
 	bash scripts/services.sh up
-	@echo "settings written to .services/env; load them with: set -a; . .services/env; set +a"
+	$(PY) -m blocks.configure from-env --env-file .services/env
+	@echo "settings in .services/env and saved as the rf-acquisition blocks (used by --storage/--database auto)"
 
 services-down:
+	-$(PY) -m blocks.configure remove
 	bash scripts/services.sh down
 
 lint: $(STAMP)

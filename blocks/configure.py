@@ -2,6 +2,8 @@
 
     python -m blocks.configure register            # make the UI offer the block forms
     python -m blocks.configure from-env            # S3Bucket + MinIOCredentials + DB
+    python -m blocks.configure from-env --env-file .services/env
+    python -m blocks.configure remove              # delete what from-env saved
     python -m blocks.configure receivers FILE      # KiwiSDRReceiver blocks from YAML/JSON
 
 ``from-env`` reads RF_S3_ENDPOINT, RF_S3_ACCESS_KEY, RF_S3_SECRET_KEY, RF_S3_BUCKET,
@@ -12,8 +14,11 @@ RF_PG_SSLMODE (``make services-up`` writes them to .services/env).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import shlex
 import sys
+from pathlib import Path
 
 DEFAULT_BLOCK_NAME = "rf-acquisition"
 
@@ -40,6 +45,36 @@ def save_from_env(env: dict[str, str], name: str = DEFAULT_BLOCK_NAME) -> list[s
         db.save(name, overwrite=True)
         saved.append(f"timescaledb-connection/{name}")
     return saved
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """Parse ``export KEY=value`` / ``KEY=value`` lines (as scripts/services.sh writes)."""
+    env: dict[str, str] = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if sep:
+            env[key.strip()] = shlex.split(value)[0] if value.strip() else ""
+    return env
+
+
+async def remove_saved(name: str = DEFAULT_BLOCK_NAME) -> list[str]:
+    """Delete the storage and database blocks ``from-env`` saved under ``name``."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    removed = []
+    async with get_client() as client:
+        for slug in ("s3-bucket", "minio-credentials", "timescaledb-connection"):
+            try:
+                doc = await client.read_block_document_by_name(name, block_type_slug=slug)
+                await client.delete_block_document(doc.id)
+            except (ObjectNotFound, PrefectHTTPStatusError):
+                continue  # not saved, or the block type was never registered
+            removed.append(f"{slug}/{name}")
+    return removed
 
 
 def save_receivers(path: str) -> list[str]:
@@ -69,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("register", help="register the block types")
     env = sub.add_parser("from-env", help="save storage + database blocks from RF_* variables")
     env.add_argument("--name", default=DEFAULT_BLOCK_NAME)
+    env.add_argument("--env-file", help="read the RF_* settings from this file as well")
+    rm = sub.add_parser("remove", help="delete the storage + database blocks from-env saved")
+    rm.add_argument("--name", default=DEFAULT_BLOCK_NAME)
     rx = sub.add_parser("receivers", help="save KiwiSDRReceiver blocks from a YAML/JSON file")
     rx.add_argument("file")
     args = parser.parse_args(argv)
@@ -77,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         print("registered: kiwisdr-receiver, timescaledb-connection")
     elif args.command == "from-env":
         register()
-        saved = save_from_env(dict(os.environ), args.name)
+        settings = read_env_file(args.env_file) if args.env_file else {}
+        saved = save_from_env({**settings, **os.environ}, args.name)
         print("saved: " + (", ".join(saved) or "nothing"))
         return 0 if saved else 1
+    elif args.command == "remove":
+        removed = asyncio.run(remove_saved(args.name))
+        print("removed: " + (", ".join(removed) or "nothing"))
     else:
         register()
         names = save_receivers(args.file)

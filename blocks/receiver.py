@@ -96,9 +96,13 @@ def _read(path: str | Path) -> dict[str, Any]:
 
 
 def load_receiver_file(
-    path: str | Path, *, placeholder_url: str = "http://127.0.0.1:0"
+    path: str | Path, *, placeholder_url: str | None = None
 ) -> list[KiwiSDRReceiver]:
-    """Read receivers from a YAML/JSON file (``defaults`` apply to every entry)."""
+    """Read receivers from a YAML/JSON file (``defaults`` apply to every entry).
+
+    Every entry needs a ``url`` unless ``placeholder_url`` is given (the simulator fills
+    real ports in later).
+    """
     data = _read(path)
     defaults = dict(data.get("defaults") or {})
     out: list[KiwiSDRReceiver] = []
@@ -110,7 +114,10 @@ def load_receiver_file(
         if name in seen:
             raise ValueError(f"{path}: receiver {name!r} appears twice (entry {i})")
         seen.add(name)
-        merged.setdefault("url", placeholder_url)
+        if placeholder_url is not None:
+            merged.setdefault("url", placeholder_url)
+        elif not merged.get("url"):
+            raise ValueError(f"{path}: receiver {name!r} has no url (e.g. http://host:8073)")
         receiver = KiwiSDRReceiver(**merged)
         receiver._block_document_name = name
         out.append(receiver)
@@ -138,7 +145,7 @@ def simulated_network(
     """
     path = path or seed_network_path()
     data = _read(path)
-    receivers = load_receiver_file(path)
+    receivers = load_receiver_file(path, placeholder_url="http://127.0.0.1:0")
     emitter_args = dict(data.get("emitter") or {})
     if frequency_hz is not None and "frequency_hz" not in emitter_args:
         emitter_args["frequency_hz"] = frequency_hz

@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-port", type=int, default=8073)
     args = parser.parse_args(argv)
     path = seed_network_path() if args.network == "seed" else args.network
-    names = [r._block_document_name for r in load_receiver_file(path)]
+    names = [r._block_document_name for r in load_receiver_file(path, placeholder_url="http://x")]
     ports = {name: args.base_port + i for i, name in enumerate(names) if name}
     network, _ = simulated_network(path, ports=ports)
     logging.basicConfig(level=logging.INFO)

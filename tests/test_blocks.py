@@ -1,0 +1,95 @@
+"""Receiver configuration, receiver files and settings from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from blocks.configure import read_env_file
+from blocks.database import timescaledb_from_env
+from blocks.receiver import (
+    KiwiSDRReceiver,
+    check_receiver_name,
+    load_receiver_file,
+    seed_network_path,
+    simulated_network,
+)
+from blocks.resolve import select_receivers
+from blocks.storage import minio_bucket_from_env
+
+
+def test_seed_network_loads_with_the_design_positions() -> None:
+    receivers = load_receiver_file(seed_network_path(), placeholder_url="http://x:1")
+    by_name = {r._block_document_name: r for r in receivers}
+    assert len(by_name) == 7
+    assert (by_name["torino"].latitude, by_name["torino"].longitude) == (45.044, 7.672)
+    assert by_name["milano-baggio"].altitude_m == 120
+    assert all(r.tunable_range_hz == (144e6, 146e6) for r in receivers)
+    assert all(r.freq_offset_khz == 116000 for r in receivers)
+
+
+def test_receiver_file_without_urls_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'aquila-di-giaveno' has no url"):
+        load_receiver_file(seed_network_path())
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(
+        "receivers:\n"
+        "  - {name: a, url: 'http://h:1', latitude: 1, longitude: 2}\n"
+        "  - {name: a, url: 'http://h:2', latitude: 1, longitude: 2}\n"
+    )
+    with pytest.raises(ValueError, match="'a' appears twice"):
+        load_receiver_file(dup)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("latitude", 95.0, "latitude"),
+        ("url", "ftp://x", "url must look like"),
+        ("max_frequency_hz", 1.0, "min_frequency_hz .* must be below"),
+    ],
+)
+def test_receiver_validation_names_the_field(field: str, value: object, match: str) -> None:
+    args = {"url": "http://h:8073", "latitude": 45.0, "longitude": 7.0, field: value}
+    with pytest.raises(ValidationError, match=match):
+        KiwiSDRReceiver(**args)
+
+
+def test_receiver_names_are_safe() -> None:
+    assert check_receiver_name("passo-del-giovi") == "passo-del-giovi"
+    for bad in ("Torino", "a b", "../x", "-x", ""):
+        with pytest.raises(ValueError, match="lowercase letters, digits or dashes"):
+            check_receiver_name(bad)
+
+
+def test_select_receivers_by_name_and_tag() -> None:
+    _, receivers = simulated_network()
+    available = {r._block_document_name or "": r for r in receivers}
+    assert list(select_receivers(available, ["genova", "torino"], None)) == ["genova", "torino"]
+    assert len(select_receivers(available, None, "2m")) == 7
+    with pytest.raises(ValueError, match="unknown nowhere; known: aquila"):
+        select_receivers(available, ["nowhere"], None)
+    with pytest.raises(ValueError, match="tag='70cm': no receiver"):
+        select_receivers(available, None, "70cm")
+
+
+def test_settings_from_env_file_keep_secrets_secret(tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text(
+        "# written by scripts/services.sh\n"
+        "export RF_PG_HOST=127.0.0.1\nexport RF_PG_PORT=5433\nexport RF_PG_DATABASE=rf\n"
+        "export RF_PG_USER=rf_admin\nexport RF_PG_PASSWORD='s3cr3t-pg'\n"
+        "export RF_S3_ENDPOINT=http://127.0.0.1:9000\nexport RF_S3_ACCESS_KEY=AK\n"
+        "export RF_S3_SECRET_KEY=s3cr3t-s3\nexport RF_S3_BUCKET=rf-acquisition\n"
+    )
+    env = read_env_file(env_file)
+    db = timescaledb_from_env(env)
+    assert db.password is not None and db.password.get_secret_value() == "s3cr3t-pg"
+    assert "s3cr3t-pg" not in repr(db) and "s3cr3t-pg" not in str(db.url())
+    bucket = minio_bucket_from_env(env)
+    assert bucket.bucket_name == "rf-acquisition"
+    assert "s3cr3t-s3" not in repr(bucket)
+    with pytest.raises(KeyError, match="RF_S3_ENDPOINT"):
+        minio_bucket_from_env({})
