@@ -37,7 +37,7 @@ from tasks.kiwisdr.client import CaptureSettings
 from tasks.plan import Plan, choose_start, split_by_frequency, validate_request
 from tasks.process import ProcessedCapture, process
 from tasks.records import record
-from tasks.report import AcquisitionSummary, ReceiverOutcome, format_table, publish
+from tasks.report import AcquisitionSummary, Progress, ReceiverOutcome, format_table, publish
 from tasks.storage import recording_key, store
 
 Network = Literal["auto", "simulated", "blocks"]
@@ -76,6 +76,8 @@ async def acquire(
     validate_request(frequency_hz, duration_s)
     folder = Path(data_dir).resolve() if data_dir else default_data_dir()
     acquisition_id = str(uuid.uuid4())
+    progress = Progress()
+    await progress.start(f"acquisition {acquisition_id} at {frequency_hz / 1e6:.6f} MHz")
 
     async with contextlib.AsyncExitStack() as stack:
         # 1. plan: receivers, health, frequency, start instant
@@ -113,6 +115,8 @@ async def acquire(
             for name, reason in plan.skipped.items()
         }
 
+        await progress.update(10)
+
         # 2. capture: one mapped task per receiver, all aimed at the same instant
         settings = CaptureSettings(frequency_hz, duration_s, start_at=plan.start_at)
         names = list(plan.go)
@@ -124,6 +128,8 @@ async def acquire(
                 captured[name] = future.result()
             else:
                 rows[name] = await _failed_row(plan, name, frequency_hz, future, "capture")
+
+        await progress.update(60)
 
         # 3. process: measurements + .npy/SigMF per capture
         processed_futures = process.map(
@@ -140,6 +146,8 @@ async def acquire(
             else:
                 rows[name] = await _failed_row(plan, name, frequency_hz, future, "process")
         del captured  # samples now live in the recordings; free them early
+
+        await progress.update(75)
 
         # 4. store: objects first, rows after, so no row points at a missing object
         keys = {n: recording_key(acquisition_id, plan.start_at, n) for n in processed}
@@ -161,6 +169,8 @@ async def acquire(
                 rows[name] = {**row, **{k: failed[k] for k in ("status", "error")}}
                 summary_location = None
             processed[name].row["location"] = summary_location
+
+        await progress.update(90)
 
         # 5. record: one batch, one transaction, idempotent upserts
         ordered = [rows[n] for n in chosen if n in rows]
@@ -200,9 +210,11 @@ async def acquire(
                 sample_count=row.get("sample_count"),
                 location=processed[name].row.get("location") if name in processed else None,
                 attempts=row.get("attempts") or 0,
+                spectrum=processed[name].spectrum if name in processed else "",
             )
         )
     await publish(summary)
+    await progress.update(100)
     logger.info("%s\n%s", summary.message, format_table(summary))
     if summary.ok == 0 or summary.record_error:
         return Failed(message=summary.message, data=summary.as_dict())

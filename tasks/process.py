@@ -14,9 +14,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from blocks.receiver import KiwiSDRReceiver
-from tasks.dsp import measure, rssi_dbm
+from tasks.dsp import measure, psd, rssi_dbm
 from tasks.kiwisdr.client import Capture
 from tasks.recording import Recording, build_recording
+from tasks.report import sparkline
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ProcessedCapture:
     receiver: str
     recording: Recording
     row: dict[str, Any]
+    spectrum: str = ""
 
 
 def process_capture(
@@ -93,7 +95,10 @@ def process_capture(
         "adc_overflow_frames": capture.adc_overflow_frames,
         "sha512": recording.sha512,
     }
-    return ProcessedCapture(receiver=name, recording=recording, row=row)
+    _, density = psd(capture.samples, capture.sample_rate, nperseg=512)
+    return ProcessedCapture(
+        receiver=name, recording=recording, row=row, spectrum=sparkline(density)
+    )
 
 
 def _hardware(capture: Capture, receiver: KiwiSDRReceiver) -> str:

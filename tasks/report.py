@@ -6,7 +6,31 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+import numpy as np
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(density: np.ndarray, bins: int = 48, span_db: float = 40.0) -> str:
+    """A PSD as one line of block characters (peak-hold per bin, top ``span_db`` dB).
+
+    Renders anywhere text does: the UI's markdown, a terminal, a log line. The picture is
+    for eyes; the numbers are in the measurements.
+    """
+    d = np.asarray(density, dtype=np.float64)
+    if d.size == 0:
+        return ""
+    edges = np.linspace(0, d.size, min(bins, d.size) + 1).astype(int)
+    peak = np.maximum.reduceat(d, edges[:-1])
+    db = 10.0 * np.log10(np.maximum(peak, 1e-30))
+    level = np.clip((db - (db.max() - span_db)) / span_db, 0.0, 1.0)
+    return "".join(_BARS[i] for i in np.rint(level * (len(_BARS) - 1)).astype(int))
 
 
 @dataclass
@@ -22,6 +46,7 @@ class ReceiverOutcome:
     sample_count: int | None = None
     location: str | None = None
     attempts: int = 0
+    spectrum: str = ""
 
 
 @dataclass
@@ -112,14 +137,30 @@ async def publish(summary: AcquisitionSummary) -> None:
         f"- storage: {summary.storage}",
         f"- database: {summary.database} ({summary.rows_recorded} rows)",
         "",
-        "| receiver | status | SNR dB | offset Hz | samples | recording / error |",
-        "|---|---|---|---|---|---|",
+        "| receiver | status | SNR dB | offset Hz | samples | spectrum ±fs/2 | recording / error |",
+        "|---|---|---|---|---|---|---|",
     ]
     md += [
         f"| {r['receiver']} | {r['status']} | {r['snr_db']} | {r['frequency_offset_hz']} | "
-        f"{r['samples']} | {r['recording'].replace('|', '/')} |"
-        for r in table_rows(summary)
+        f"{r['samples']} | `{o.spectrum or '-'}` | {r['recording'].replace('|', '/')} |"
+        for r, o in zip(table_rows(summary), summary.receivers, strict=True)
     ]
     await acreate_markdown_artifact(
         key="acquisition-summary", markdown="\n".join(md), description=summary.message
     )
+
+
+class Progress:
+    """A progress artifact for the flow run, moved forward stage by stage."""
+
+    def __init__(self) -> None:
+        self._id: Any = None
+
+    async def start(self, description: str) -> None:
+        self._id = await acreate_progress_artifact(
+            progress=0.0, key="acquisition-progress", description=description
+        )
+
+    async def update(self, percent: float) -> None:
+        if self._id is not None:
+            await aupdate_progress_artifact(self._id, progress=min(max(percent, 0.0), 100.0))

@@ -88,6 +88,26 @@ def test_embedded_default_end_to_end(prefect_server: None, tmp_path: Path) -> No
         assert row["cn0_dbhz"] == pytest.approx(t.cn0_dbhz, abs=1.5)
         assert row["gps_fix"] is True or row["gps_fix"] == 1
 
+    # The UI's view: one table row per receiver, a markdown summary, progress at 100 %.
+    artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
+    table = json.loads(artifacts["acquisition-receivers"].data)
+    assert sorted(r["receiver"] for r in table) == sorted(SEED_NAMES)
+    assert all(r["status"] == "ok" for r in table)
+    assert "7/7 receivers ok" in artifacts["acquisition-summary"].data
+    assert "█" in artifacts["acquisition-summary"].data  # each receiver's spectrum line
+    assert artifacts["acquisition-progress"].data == 100.0
+
+
+async def _artifacts(flow_run_id: Any) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found if a.key}
+
 
 def test_failing_receivers_do_not_fail_the_others(prefect_server: None, tmp_path: Path) -> None:
     """One receiver refuses connections, one drops its first session (then recovers)."""

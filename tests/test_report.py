@@ -1,0 +1,43 @@
+"""The report's text forms: terminal table, sparkline spectrum, summary message."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.report import AcquisitionSummary, ReceiverOutcome, format_table, sparkline
+
+
+def test_sparkline_marks_the_carrier_bin() -> None:
+    density = np.full(512, 1e-11)
+    density[300] = 1e-6
+    line = sparkline(density, bins=48)
+    assert len(line) == 48
+    assert line.count("█") == 1 and line.index("█") == 300 * 48 // 512
+    assert set(line) == {"▁", "█"}  # 50 dB below the peak is clipped to the floor
+    assert sparkline(np.array([])) == ""
+
+
+def test_summary_message_and_table() -> None:
+    s = AcquisitionSummary("a1", 145.5e6, 2.0, "2026-11-28T12:00:00+00:00", "local", "sqlite")
+    s.receivers = [
+        ReceiverOutcome(
+            "torino",
+            "ok",
+            snr_db=25.44,
+            frequency_offset_hz=-14.5,
+            sample_count=24064,
+            location="/data/torino.npy",
+        ),
+        ReceiverOutcome("genova", "failed", error="capture failed: ReceiverBusy: all 4 channels"),
+        ReceiverOutcome("coazze", "skipped", error="receiver full (4/4 users)"),
+    ]
+    assert s.message == "1/3 receivers ok (1 failed, 1 skipped)"
+    s.record_error = "OperationalError: connection refused"
+    assert s.message.endswith(
+        "rows missing for acquisition a1: OperationalError: connection refused"
+    )
+    lines = format_table(s).splitlines()
+    assert lines[0].split()[:3] == ["receiver", "status", "SNR"]
+    assert lines[2].split() == ["torino", "ok", "25.4", "-14.50", "24064", "/data/torino.npy"]
+    assert "ReceiverBusy" in lines[3] and lines[3].split()[2:5] == ["-", "-", "-"]
+    assert s.as_dict()["ok"] == 1
