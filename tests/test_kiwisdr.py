@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import scipy.signal
 from prefect import flow
+from websockets.asyncio.server import ServerConnection, serve
 
 from blocks.receiver import KiwiSDRReceiver
 from tasks import dsp
+from tasks.capture import StatusCheck, check_status
 from tasks.capture import capture as capture_task
-from tasks.capture import check_status
 from tasks.kiwisdr import codec
 from tasks.kiwisdr.client import Capture, CaptureSettings, capture_iq
 from tasks.kiwisdr.emitter import Emitter
@@ -349,6 +350,29 @@ def test_fault_raises_typed_error(
         assert "IQ frame" in str(info.value)
 
 
+def test_close_during_handshake_is_stream_dropped() -> None:
+    """Regression: a close first seen by a *send* (the tuning commands) used to escape as
+    a raw websockets ConnectionClosedOK, which is_transient() rejects, so no retry. The
+    simulator never closes there, so this one talks to a minimal real websocket server."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(codec.encode_msg(sample_rate="12001.135000"))
+        await ws.recv()  # SET auth
+        await ws.send(codec.encode_msg(badp=0))
+        await ws.send(codec.encode_msg(audio_init=0, audio_rate=12000))
+        await ws.close()
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            await capture_iq(f"http://127.0.0.1:{port}", settings(HF_HZ), receiver="closer")
+
+    with pytest.raises(StreamDropped) as info:
+        asyncio.run(scenario())
+    assert is_transient(info.value)
+    assert info.value.receiver == "closer"
+
+
 def test_wrong_password_is_permanent(network: SimulatedNetwork) -> None:
     for wrong in ("not-it", None):
         with pytest.raises(AuthenticationFailed) as info:
@@ -497,7 +521,7 @@ def test_status_counts_users_while_capturing(network: SimulatedNetwork) -> None:
     url = network.url("single")
     receiver = block(network, "single")
 
-    async def scenario() -> tuple[list[int], object, BaseException | None, Capture, int]:
+    async def scenario() -> tuple[list[int], StatusCheck, BaseException | None, Capture, int]:
         idle = await check_status("single", receiver)
         running = asyncio.create_task(
             capture_iq(url, settings(duration_s=1.0), receiver="single", freq_offset_khz=OFFSET_KHZ)
@@ -525,6 +549,7 @@ def test_status_counts_users_while_capturing(network: SimulatedNetwork) -> None:
     users, busy, second, cap, after = asyncio.run(scenario())
     assert users[-1] == 1
     assert not busy.ok and "full" in busy.reason
+    assert busy.status is not None
     assert busy.status.users == 1 and busy.status.users_max == 1
     assert isinstance(second, ReceiverBusy)  # the one channel is taken
     assert cap.frames_received == cap.frames_expected

@@ -231,6 +231,14 @@ class _Session:
             await ws.send(f"SET auth t=kiwi p={self.password}")
             keepalive = asyncio.create_task(self._keepalive(ws))
             return await self._receive(ws)
+        except ConnectionClosed as exc:
+            # _receive maps a close seen by recv(); this is one seen by a send (the auth
+            # or the tuning commands), which must be just as typed and just as transient.
+            raise self._err(
+                StreamDropped,
+                f"connection closed during the handshake "
+                f"(code {exc.rcvd.code if exc.rcvd else 'none'})",
+            ) from None
         finally:
             if keepalive is not None:
                 keepalive.cancel()
