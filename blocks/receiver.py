@@ -138,20 +138,26 @@ def simulated_network(
     ports: dict[str, int] | None = None,
     faults: Mapping[str, Faults] | None = None,
     seed: int = 0,
+    count: int | None = None,
 ) -> tuple[SimulatedNetwork, list[KiwiSDRReceiver]]:
     """Build (not start) the simulator for a receiver file, and the matching receivers.
 
     The receivers' URLs are filled in by :func:`bind_urls` once the network has started.
+    ``count`` repeats the file's receivers (``torino-2`` ...), each copy moved a little,
+    to load-test the simulator and the flow with a large network.
     """
     path = path or seed_network_path()
     data = _read(path)
     receivers = load_receiver_file(path, placeholder_url="http://127.0.0.1:0")
+    entries = list(data["receivers"])
+    if count is not None and count != len(receivers):
+        receivers, entries = _replicate(receivers, entries, count)
     emitter_args = dict(data.get("emitter") or {})
     if frequency_hz is not None and "frequency_hz" not in emitter_args:
         emitter_args["frequency_hz"] = frequency_hz
     emitter = Emitter(**emitter_args)
     simulated = []
-    for rx, entry in zip(receivers, data["receivers"], strict=True):
+    for rx, entry in zip(receivers, entries, strict=True):
         sim = dict(entry.get("simulation") or {})
         name = receiver_name(rx)
         simulated.append(
@@ -168,6 +174,24 @@ def simulated_network(
             )
         )
     return SimulatedNetwork(simulated, emitter, ports=ports, seed=seed), receivers
+
+
+def _replicate(
+    receivers: list[KiwiSDRReceiver], entries: list[Any], count: int
+) -> tuple[list[KiwiSDRReceiver], list[Any]]:
+    if count < 1:
+        raise ValueError(f"count={count} must be >= 1")
+    out_rx, out_entries = [], []
+    for i in range(count):
+        base, entry = receivers[i % len(receivers)], entries[i % len(entries)]
+        copy = i // len(receivers)
+        rx = base.model_copy(
+            update={"latitude": base.latitude + 0.01 * copy, "longitude": base.longitude}
+        )
+        rx._block_document_name = receiver_name(base) + (f"-{copy + 1}" if copy else "")
+        out_rx.append(rx)
+        out_entries.append(entry)
+    return out_rx, out_entries
 
 
 def bind_urls(network: SimulatedNetwork, receivers: list[KiwiSDRReceiver]) -> None:
