@@ -93,3 +93,26 @@ def test_settings_from_env_file_keep_secrets_secret(tmp_path: Path) -> None:
     assert "s3cr3t-s3" not in repr(bucket)
     with pytest.raises(KeyError, match="RF_S3_ENDPOINT"):
         minio_bucket_from_env({})
+
+
+@pytest.mark.flow
+def test_block_types_register_for_the_ui(prefect_server: None) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from blocks.configure import register
+
+    register()
+
+    async def slugs() -> set[str]:
+        async with get_client() as client:
+            return {t.slug for t in await client.read_block_types()}
+
+    found = asyncio.run(slugs())
+    assert {"kiwisdr-receiver", "timescaledb-connection"} <= found
+    rx = KiwiSDRReceiver(url="http://h:8073", latitude=45.0, longitude=7.0, password="pw")
+    rx.save("register-test", overwrite=True)
+    loaded = KiwiSDRReceiver.load("register-test")
+    assert loaded.password is not None and loaded.password.get_secret_value() == "pw"
+    assert "pw" not in repr(loaded)

@@ -119,3 +119,25 @@ def test_smeter_conversions() -> None:
     assert codec.smeter_to_dbm(0) == -127.0
     assert codec.dbm_to_smeter(-73.0) == 540
     assert codec.dbm_to_smeter(-500.0) == 0
+
+
+def test_simulator_frames_parse_the_way_kiwiclient_reads_them() -> None:
+    """kiwirecorder's IQ path reads: '<BI' flags+seq, '>H' smeter, '<BBII' GPS, '>h' samples,
+    offsets taken after the 3-byte tag. Parse a simulator frame exactly that way."""
+    from blocks.receiver import simulated_network
+
+    network, _ = simulated_network()
+    iq, _ = network.frame_iq("torino", 512 * 1000, 145.5e6, (-5000.0, 5000.0))
+    frame = codec.encode_snd(
+        iq, seq=42, smeter=codec.dbm_to_smeter(-80.0), gpssec=7, gpsnsec=9, last_gps_solution=3
+    )
+    body = frame[3:]
+    flags, seq = struct.unpack("<BI", body[0:5])
+    (smeter,) = struct.unpack(">H", body[5:7])
+    data = body[7:]
+    last_fix, _dummy, gpssec, gpsnsec = struct.unpack("<BBII", data[0:10])
+    samples = np.frombuffer(data[10:], dtype=">h")
+    assert (flags & codec.FLAG_IQ, seq, last_fix, gpssec, gpsnsec) == (codec.FLAG_IQ, 42, 3, 7, 9)
+    assert 0.1 * smeter - 127 == pytest.approx(-80.0)
+    np.testing.assert_array_equal(samples[0::2], iq[:, 0])
+    np.testing.assert_array_equal(samples[1::2], iq[:, 1])
