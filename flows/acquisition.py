@@ -158,17 +158,17 @@ async def acquire(
             [p.recording for p in processed.values()],
         )
         wait(stored_futures)
+        locations: dict[str, str] = {}
         for name, future in zip(processed, stored_futures, strict=True):
             row = {**processed[name].row, "acquisition_id": acquisition_id}
             if future.state.is_completed():
                 row["object_key"] = future.result().data_key
                 rows[name] = row
-                summary_location = future.result().location
+                locations[name] = future.result().location
             else:
+                # Measured but not stored: the row says so and points at nothing.
                 failed = await _failed_row(plan, name, frequency_hz, future, "store")
                 rows[name] = {**row, **{k: failed[k] for k in ("status", "error")}}
-                summary_location = None
-            processed[name].row["location"] = summary_location
 
         await progress.update(90)
 
@@ -208,7 +208,7 @@ async def acquire(
                 frequency_offset_hz=row.get("frequency_offset_hz"),
                 power_dbfs=row.get("power_dbfs"),
                 sample_count=row.get("sample_count"),
-                location=processed[name].row.get("location") if name in processed else None,
+                location=locations.get(name),
                 attempts=row.get("attempts") or 0,
                 spectrum=processed[name].spectrum if name in processed else "",
             )

@@ -7,6 +7,7 @@ this module only joins them and keeps what the database row needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from prefect import task
@@ -16,7 +17,7 @@ from prefect.logging import get_run_logger
 from blocks.receiver import KiwiSDRReceiver
 from tasks.dsp import measure, psd, rssi_dbm
 from tasks.kiwisdr.client import Capture
-from tasks.recording import Recording, build_recording
+from tasks.recording import EXTENSION, Recording, build_recording
 from tasks.report import sparkline
 
 
@@ -70,35 +71,56 @@ def process_capture(
         gaps=capture.gaps,
         description=f"{receiver.display_name or name} at {capture.frequency_hz / 1e6:.6f} MHz",
     )
-    row = {
-        "time": capture.start_utc,
-        "receiver": name,
-        "status": "ok",
-        "error": None,
-        "attempts": capture.attempts,
-        "latitude": receiver.latitude,
-        "longitude": receiver.longitude,
-        "altitude_m": receiver.altitude_m,
-        "frequency_hz": capture.frequency_hz,
-        "sample_rate": capture.sample_rate,
-        "sample_count": int(capture.samples.size),
-        "power_dbfs": m.power_dbfs,
-        "noise_floor_dbfs_hz": m.noise_floor_dbfs_hz,
-        "signal_power_dbfs": m.signal_power_dbfs,
-        "cn0_dbhz": m.cn0_dbhz,
-        "snr_db": m.snr_db,
-        "snr_bandwidth_hz": m.snr_bandwidth_hz,
-        "frequency_offset_hz": m.frequency_offset_hz,
-        "rssi_dbm": rssi,
-        "gps_fix": capture.gps_fix,
-        "lost_frames": capture.lost_frames,
-        "adc_overflow_frames": capture.adc_overflow_frames,
-        "sha512": recording.sha512,
-    }
+    row = row_from_metadata(recording.meta)
     _, density = psd(capture.samples, capture.sample_rate, nperseg=512)
     return ProcessedCapture(
         receiver=name, recording=recording, row=row, spectrum=sparkline(density)
     )
+
+
+_MEASURED = (
+    "power_dbfs",
+    "noise_floor_dbfs_hz",
+    "signal_power_dbfs",
+    "cn0_dbhz",
+    "snr_db",
+    "snr_bandwidth_hz",
+    "frequency_offset_hz",
+    "rssi_dbm",
+)
+
+
+def row_from_metadata(meta: dict[str, Any], object_key: str | None = None) -> dict[str, Any]:
+    """The measurements row of a recording, from its SigMF metadata alone.
+
+    One mapping for both paths: the acquisition flow builds its rows with it, and the
+    reconcile flow rebuilds the rows of stored recordings whose rows were never written,
+    so a backfilled row is exactly the row the flow would have written.
+    """
+    g, capture = meta["global"], meta["captures"][0]
+    ns = f"{EXTENSION}:"
+    measured = g.get(ns + "measurements", {})
+    lon, lat, alt = (g.get("core:geolocation") or {}).get("coordinates", [None, None, None])
+    return {
+        "time": datetime.fromisoformat(capture["core:datetime"].replace("Z", "+00:00")),
+        "acquisition_id": g[ns + "acquisition_id"],
+        "receiver": g[ns + "receiver"],
+        "status": "ok",
+        "error": None,
+        "attempts": g.get(ns + "attempts") or 1,
+        "latitude": lat,
+        "longitude": lon,
+        "altitude_m": alt,
+        "frequency_hz": capture["core:frequency"],
+        "sample_rate": g["core:sample_rate"],
+        "sample_count": g[ns + "sample_count"],
+        **{k: measured.get(k) for k in _MEASURED},
+        "gps_fix": g.get(ns + "gps_fix"),
+        "lost_frames": g.get(ns + "lost_frames"),
+        "adc_overflow_frames": g.get(ns + "adc_overflow_frames"),
+        "object_key": object_key,
+        "sha512": g["core:sha512"],
+    }
 
 
 def _hardware(capture: Capture, receiver: KiwiSDRReceiver) -> str:
