@@ -22,25 +22,22 @@ class PlanError(ValueError):
     """The acquisition cannot run as asked; the message names the field and allowed range."""
 
 
+def check_range(value: object, field: str, low: float, high: float, unit: str) -> float:
+    """``value`` as a float within [low, high], or a PlanError naming the field and range."""
+    if not (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    ):
+        raise PlanError(f"{field}={value!r} is out of range [{low:.12g}, {high:.12g}] {unit}")
+    return float(value)
+
+
 def validate_request(frequency_hz: float, duration_s: float) -> None:
     """Refuse parameters no receiver could satisfy."""
-    if not (
-        isinstance(frequency_hz, (int, float))
-        and math.isfinite(frequency_hz)
-        and MIN_FREQUENCY_HZ <= frequency_hz <= MAX_FREQUENCY_HZ
-    ):
-        raise PlanError(
-            f"frequency_hz={frequency_hz!r} is out of range "
-            f"[{MIN_FREQUENCY_HZ:.0f}, {MAX_FREQUENCY_HZ:.0f}] Hz"
-        )
-    if not (
-        isinstance(duration_s, (int, float))
-        and math.isfinite(duration_s)
-        and MIN_DURATION_S <= duration_s <= MAX_DURATION_S
-    ):
-        raise PlanError(
-            f"duration_s={duration_s!r} is out of range [{MIN_DURATION_S}, {MAX_DURATION_S}] s"
-        )
+    check_range(frequency_hz, "frequency_hz", MIN_FREQUENCY_HZ, MAX_FREQUENCY_HZ, "Hz")
+    check_range(duration_s, "duration_s", MIN_DURATION_S, MAX_DURATION_S, "s")
 
 
 @dataclass

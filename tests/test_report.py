@@ -41,3 +41,22 @@ def test_summary_message_and_table() -> None:
     assert lines[2].split() == ["torino", "ok", "25.4", "-14.50", "24064", "/data/torino.npy"]
     assert "ReceiverBusy" in lines[3] and lines[3].split()[2:5] == ["-", "-", "-"]
     assert s.as_dict()["ok"] == 1
+
+
+def test_request_validation_names_field_and_range() -> None:
+    import math
+
+    import pytest
+
+    from tasks.plan import PlanError, validate_request
+
+    cases = {
+        (1.0, 2.0): r"frequency_hz=1\.0 is out of range \[10000, 6000000000\] Hz",
+        (145.5e6, 0.0): r"duration_s=0\.0 is out of range \[0\.05, 600\] s",
+        (math.nan, 2.0): r"frequency_hz=nan is out of range",
+        (145.5e6, True): r"duration_s=True is out of range",
+    }
+    for (freq, duration), match in cases.items():
+        with pytest.raises(PlanError, match=match):
+            validate_request(freq, duration)
+    validate_request(145.5e6, 2.0)
