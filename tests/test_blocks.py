@@ -116,3 +116,13 @@ def test_block_types_register_for_the_ui(prefect_server: None) -> None:
     loaded = KiwiSDRReceiver.load("register-test")
     assert loaded.password is not None and loaded.password.get_secret_value() == "pw"
     assert "pw" not in repr(loaded)
+
+
+def test_simulated_noise_follows_the_noise_figure() -> None:
+    from tasks.kiwisdr.simulator import SimulatedReceiver
+
+    rx = SimulatedReceiver("x", 45.0, 7.0, noise_figure_db=6.0, full_scale_dbm=-60.0)
+    assert rx.noise_density == pytest.approx(-174.0 + 6.0 + 60.0)
+    assert SimulatedReceiver("y", 45.0, 7.0, noise_density_dbfs_hz=-99.0).noise_density == -99.0
+    network, _ = simulated_network()
+    assert network.truth("torino", 145.5e6).noise_density_dbfs_hz == pytest.approx(-104.0)

@@ -73,6 +73,7 @@ class SimulatedReceiver:
     noise_density_dbfs_hz: float = -110.0
     lo_ppm: float = 0.0
     full_scale_dbm: float = -30.0
+    noise_figure_db: float | None = None
     freq_offset_khz: float = 0.0
     password: str | None = None
     users_max: int = 4
@@ -82,6 +83,18 @@ class SimulatedReceiver:
     @property
     def position(self) -> tuple[float, float, float]:
         return (self.latitude, self.longitude, self.altitude_m)
+
+    @property
+    def noise_density(self) -> float:
+        """Thermal noise density in dBFS/Hz: kT (-174 dBm/Hz) plus the noise figure, referred
+        to the input level that reads full scale; ``noise_density_dbfs_hz`` when no noise
+        figure is given."""
+        if self.noise_figure_db is None:
+            return self.noise_density_dbfs_hz
+        return THERMAL_NOISE_DBM_HZ + self.noise_figure_db - self.full_scale_dbm
+
+
+THERMAL_NOISE_DBM_HZ = -174.0
 
 
 @dataclass
@@ -235,7 +248,7 @@ class SimulatedNetwork:
             tuned_hz=frequency_hz,
             lo_ppm=rx.lo_ppm,
             full_scale_dbm=rx.full_scale_dbm,
-            noise_density_dbfs_hz=rx.noise_density_dbfs_hz,
+            noise_density_dbfs_hz=rx.noise_density,
         )
 
     def frame_iq(
@@ -273,7 +286,7 @@ class SimulatedNetwork:
             truth=truth,
             in_band=low <= truth.frequency_offset_hz <= high,
             sample_rate=rx.sample_rate,
-            sigma=math.sqrt(10.0 ** (rx.noise_density_dbfs_hz / 10.0) * rx.sample_rate / 2.0),
+            sigma=math.sqrt(10.0 ** (rx.noise_density / 10.0) * rx.sample_rate / 2.0),
             noise=self._noise,
             stream=(self.seed << 20) ^ list(self.receivers).index(name),
         )
