@@ -41,8 +41,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Storage and database benchmarks need the services: `make services-up` first.
 bench: $(STAMP)
-	for b in bench/bench_*.py; do $(PY) "$$b" || exit 1; done
+	set -a; [ -f .services/env ] && . .services/env; set +a; \
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) "$$b" || exit 1; done
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

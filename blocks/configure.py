@@ -26,7 +26,7 @@ DEFAULT_BLOCK_NAME = "rf-acquisition"
 def save_from_env(env: dict[str, str], name: str = DEFAULT_BLOCK_NAME) -> list[str]:
     """Save whichever of the storage and database blocks the environment describes."""
     from blocks.database import timescaledb_from_env
-    from blocks.storage import minio_bucket_from_env
+    from blocks.storage import ensure_bucket, minio_bucket_from_env
 
     saved: list[str] = []
     try:
@@ -34,6 +34,8 @@ def save_from_env(env: dict[str, str], name: str = DEFAULT_BLOCK_NAME) -> list[s
     except KeyError as exc:
         print(f"storage: not configured ({exc.args[0]})", file=sys.stderr)
     else:
+        if ensure_bucket(bucket):
+            print(f"storage: created bucket {bucket.bucket_name}", file=sys.stderr)
         bucket.credentials.save(name, overwrite=True)
         bucket.save(name, overwrite=True)
         saved.append(f"s3-bucket/{name}")

@@ -20,7 +20,8 @@ def test_deployment_entrypoint_and_parameters(deployment: dict, monkeypatch) -> 
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     params = deployment.get("parameters", {})
     validated = flow.validate_parameters(params)
-    validate_request(validated["frequency_hz"], validated["duration_s"])
+    if flow.name == "acquire":
+        validate_request(validated["frequency_hz"], validated["duration_s"])
     for schedule in deployment.get("schedules", []):
         fields = schedule["cron"].split()
         assert len(fields) == 5, schedule
@@ -32,3 +33,88 @@ def test_bad_parameter_is_rejected_by_the_flow_signature() -> None:
     flow = load_flow_from_entrypoint(f"{ROOT}/flows/acquisition.py:acquire")
     with pytest.raises(Exception, match="network"):
         flow.validate_parameters({"network": "carrier-pigeon"})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.flow
+def test_deploy_all_and_run_on_a_process_worker(tmp_path: Path) -> None:
+    """The UI path for real: a Prefect server, `deploy --all`, a run, a process worker."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from sqlalchemy import text
+
+    from blocks.database import sqlite_engine
+    from tasks.records import measurements_for
+
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def cli(*args: str, timeout: float = 180) -> str:
+        done = subprocess.run(
+            [prefect, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+        assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("prefect server did not start within 90 s")
+        cli("work-pool", "create", "rf-acquisition", "--type", "process")
+        out = cli("--no-prompt", "deploy", "--all")
+        for deployment in CONFIG["deployments"]:
+            assert deployment["name"] in out
+        data_dir = tmp_path / "data"
+        cli(
+            "deployment", "run", "acquire/on-demand",
+            "--param", "duration_s=0.5",
+            "--param", "network=simulated",
+            "--param", "storage=local",
+            "--param", "database=sqlite",
+            "--param", f"data_dir={data_dir}",
+        )  # fmt: skip
+        cli("worker", "start", "--pool", "rf-acquisition", "--run-once", timeout=240)
+        runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}, timeout=10)
+        states = [r["state"]["type"] for r in runs.json() if r["state"]["type"] != "SCHEDULED"]
+        assert states == ["COMPLETED"], states
+    finally:
+        server.terminate()
+        server.wait(30)
+    engine = sqlite_engine(data_dir / "rf_acquisition.db")
+    with engine.connect() as conn:
+        ids = conn.execute(text("SELECT id FROM acquisitions")).scalars().all()
+    assert len(ids) == 1
+    rows = measurements_for(engine, ids[0])
+    assert len(rows) == 7 and all(r["status"] == "ok" for r in rows)
+    assert len(list((data_dir / "recordings").rglob("*.npy"))) == 7
