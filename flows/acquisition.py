@@ -9,8 +9,6 @@ recordings in ``./data/recordings`` and rows in ``./data/rf_acquisition.db``.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import sys
 import uuid
@@ -32,6 +30,7 @@ from blocks.resolve import (
     saved_receivers,
     select_receivers,
 )
+from flows import cli
 from tasks.capture import capture, check_receiver
 from tasks.kiwisdr.client import CaptureSettings
 from tasks.plan import Plan, choose_start, split_by_frequency, validate_request
@@ -283,29 +282,13 @@ async def _failed_row(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: run one acquisition and print one line per receiver."""
-    parser = argparse.ArgumentParser(prog="python -m flows.acquisition", description=__doc__)
-    parser.add_argument("--frequency-hz", type=float, default=145_500_000.0)
-    parser.add_argument("--duration-s", type=float, default=2.0)
-    parser.add_argument("--receivers", nargs="*", default=None)
-    parser.add_argument("--tag", default=None)
-    parser.add_argument("--network", choices=["auto", "simulated", "blocks"], default="auto")
-    parser.add_argument("--storage", default="auto")
-    parser.add_argument("--database", default="auto")
-    parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args(argv)
-    state = asyncio.run(
-        acquire(
-            frequency_hz=args.frequency_hz,
-            duration_s=args.duration_s,
-            receivers=args.receivers,
-            tag=args.tag,
-            network=args.network,
-            storage=args.storage,
-            database=args.database,
-            data_dir=args.data_dir,
-            return_state=True,
-        )
-    )
+    p = cli.parser("flows.acquisition", __doc__)
+    p.add_argument("--frequency-hz", type=float, default=145_500_000.0)
+    p.add_argument("--duration-s", type=float, default=2.0)
+    p.add_argument("--receivers", nargs="*", default=None)
+    p.add_argument("--tag", default=None)
+    p.add_argument("--network", choices=["auto", "simulated", "blocks"], default="auto")
+    state = cli.run_once(acquire, **vars(p.parse_args(argv)))
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):
         print(f"acquisition failed: {state.message or result}", file=sys.stderr)

@@ -12,7 +12,6 @@ Run it from a deployment (every 10 minutes, see prefect.yaml), or:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import sys
@@ -29,6 +28,7 @@ from prefect.states import Completed, Failed, State
 from blocks.database import DatabaseHealth, check_database
 from blocks.resolve import default_data_dir, resolve_database, resolve_storage, select_receivers
 from blocks.storage import StorageHealth, check_storage
+from flows import cli
 from flows.acquisition import Network, _receivers
 from tasks.capture import StatusCheck, check_status
 
@@ -249,23 +249,10 @@ async def _check_receivers(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: run the health flow once and print its message."""
-    parser = argparse.ArgumentParser(prog="python -m flows.health", description=__doc__)
-    parser.add_argument("--storage", default="auto")
-    parser.add_argument("--database", default="auto")
-    parser.add_argument("--network", choices=["auto", "simulated", "blocks"], default="auto")
-    parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args(argv)
-    state = asyncio.run(
-        health(
-            storage=args.storage,
-            database=args.database,
-            network=args.network,
-            data_dir=args.data_dir,
-            return_state=True,
-        )
-    )
-    print(state.message)
-    return 0 if state.is_completed() else 1
+    p = cli.parser("flows.health", __doc__)
+    p.add_argument("--network", choices=["auto", "simulated", "blocks"], default="auto")
+    args = p.parse_args(argv)
+    return cli.run_and_print(health, **vars(args))
 
 
 if __name__ == "__main__":

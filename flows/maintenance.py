@@ -13,8 +13,6 @@ Run it from its deployment, from Python
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import sys
 from datetime import datetime, timedelta
@@ -26,6 +24,7 @@ from prefect.futures import wait
 from prefect.logging import get_run_logger
 
 from blocks.resolve import default_data_dir, resolve_database
+from flows import cli
 from tasks.records import enforce_retention
 
 
@@ -76,22 +75,12 @@ async def retention(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.maintenance", description=__doc__)
-    parser.add_argument("--older-than-days", type=int, default=365)
-    parser.add_argument("--database", default="auto")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--dry-run", action="store_true")
-    args = parser.parse_args(argv)
-    result = asyncio.run(
-        retention(
-            older_than_days=args.older_than_days,
-            database=args.database,
-            data_dir=args.data_dir,
-            dry_run=args.dry_run,
-        )
-    )
-    print(json.dumps(result, indent=2))
-    return 0
+    p = cli.parser("flows.maintenance", __doc__, storage=False)
+    p.add_argument("--older-than-days", type=int, default=365)
+    p.add_argument("--dry-run", action="store_true")
+    state = cli.run_once(retention, **vars(p.parse_args(argv)))
+    print(json.dumps(state.result(raise_on_failure=False), indent=2, default=str))
+    return 0 if state.is_completed() else 1
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ schedule (prefect.yaml) so an outage heals itself:
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +18,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Completed, Failed, State
 
 from blocks.resolve import default_data_dir, resolve_database, resolve_storage
+from flows import cli
 from tasks.reconcile import reconcile as reconcile_stored
 
 
@@ -89,23 +88,10 @@ async def reconcile(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.reconcile", description=__doc__)
-    parser.add_argument("--days", type=int, default=2)
-    parser.add_argument("--storage", default="auto")
-    parser.add_argument("--database", default="auto")
-    parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args(argv)
-    state = asyncio.run(
-        reconcile(
-            days=args.days,
-            storage=args.storage,
-            database=args.database,
-            data_dir=args.data_dir,
-            return_state=True,
-        )
-    )
-    print(state.message)
-    return 0 if state.is_completed() else 1
+    p = cli.parser("flows.reconcile", __doc__)
+    p.add_argument("--days", type=int, default=2)
+    p.add_argument("--no-verify", dest="verify", action="store_false")
+    return cli.run_and_print(reconcile, **vars(p.parse_args(argv)))
 
 
 if __name__ == "__main__":
