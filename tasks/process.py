@@ -69,6 +69,7 @@ def process_capture(
         measurements=measurements,
         quality=quality,
         gaps=capture.gaps,
+        timing=capture.frame_timing(),
         description=f"{receiver.display_name or name} at {capture.frequency_hz / 1e6:.6f} MHz",
     )
     row = row_from_metadata(recording.meta)

@@ -219,6 +219,25 @@ def _geolocation(
     return {"type": "Point", "coordinates": coordinates}
 
 
+def _timing(timing: Mapping[str, Any]) -> dict[str, Any]:
+    """Scalars and equal-length lists of finite numbers, checked so the JSON stays valid."""
+    out: dict[str, Any] = {}
+    lengths = set()
+    for key, value in timing.items():
+        key = _check_key(key, "timing")
+        if isinstance(value, (list, tuple, np.ndarray)):
+            items = [_scalar(v, f"timing[{key!r}]") for v in value]
+            if any(v is None or isinstance(v, (bool, str)) for v in items):
+                raise RecordingError(f"timing[{key!r}]: every item must be a finite number")
+            lengths.add(len(items))
+            out[key] = items
+        else:
+            out[key] = _scalar(value, f"timing[{key!r}]")
+    if len(lengths) > 1:
+        raise RecordingError(f"timing: lists must have equal lengths, got {sorted(lengths)}")
+    return out
+
+
 def _annotations(gaps: Sequence[tuple[int, int]], sample_count: int) -> list[dict[str, Any]]:
     out = []
     for gap in gaps:
@@ -263,13 +282,15 @@ def build_recording(
     quality: Mapping[str, Scalar],
     gaps: Sequence[tuple[int, int]] = (),
     description: str = "",
+    timing: Mapping[str, Any] | None = None,
 ) -> Recording:
     """Serialise one capture: ``<name>.npy`` bytes and its ``<name>.sigmf-meta`` dict.
 
     ``quality`` carries ``gps_fix``, ``lost_frames`` and ``adc_overflow_frames`` (written as
     null when absent, since "unknown" is not "zero") and any extra scalars, all under
     ``rfacq:``. ``gaps`` are (sample_start, sample_count) runs of zero-filled lost frames.
-    NaN/Inf values become null so the metadata stays valid JSON.
+    NaN/Inf values become null so the metadata stays valid JSON. ``timing`` (per-frame
+    GPS times, see ``Capture.frame_timing``) is kept as ``rfacq:timing``.
     """
     name = _check_name(name)
     data, npy = _samples_npy(samples)
@@ -318,6 +339,9 @@ def build_recording(
             raise RecordingError(
                 f"quality[{key!r}]: must be an integer >= 0 or None, got {value!r}"
             )
+
+    if timing is not None:
+        glob[ns + "timing"] = _timing(timing)
 
     capture = {
         "core:sample_start": 0,

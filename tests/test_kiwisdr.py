@@ -395,6 +395,14 @@ def test_lost_frames_are_zero_filled_gaps(network: SimulatedNetwork) -> None:
     # The time axis stays true: frame 4 is four frames after frame 0.
     assert cap.frame_gps_s[2] - cap.frame_gps_s[0] == pytest.approx(4 * N / 12001.412, abs=2e-6)
     assert_bit_exact(network, "lossy", cap, RF_HZ)
+    # Per-frame timing as the recording keeps it: positions skip the gap, and each frame's
+    # GPS offset is its position over the true rate (to the nanosecond rounding).
+    timing = cap.frame_timing()
+    assert timing["frame_sample_start"] == [0, N, 4 * N, 5 * N, 6 * N, 7 * N]
+    expected = [k / 12001.412 for k in timing["frame_sample_start"]]
+    assert timing["frame_gps_offset_s"] == pytest.approx(expected, abs=2e-6)
+    assert timing["gps_fix"] is True
+    assert timing["first_frame_gps_seconds_of_week"] == pytest.approx(cap.frame_gps_s[0], abs=1e-9)
 
 
 def test_no_gps_clears_fix(network: SimulatedNetwork) -> None:

@@ -308,3 +308,29 @@ def test_measurements_from_dsp_serialise() -> None:
     assert got["sample_count"] == 24000
     assert got["rssi_dbm"] is None
     assert got["cn0_dbhz"] == m.cn0_dbhz
+
+
+def test_timing_is_kept_and_checked() -> None:
+    samples = np.zeros(2048, dtype=np.complex64)
+    kwargs = dict(
+        name="t",
+        sample_rate=12000.0,
+        frequency_hz=1e7,
+        start_utc=datetime(2026, 1, 1, tzinfo=UTC),
+        acquisition_id="a",
+        receiver="r",
+        latitude=None,
+        longitude=None,
+        altitude_m=None,
+        hw="x",
+        duration_s=0.2,
+        measurements={},
+        quality={},
+    )
+    timing = {"gps_week": 2400, "frame_sample_start": [0, 512], "frame_gps_offset_s": [0.0, 0.04]}
+    rec = build_recording(samples, timing=timing, **kwargs)
+    assert rec.meta["global"]["rfacq:timing"] == timing
+    with pytest.raises(RecordingError, match="equal lengths"):
+        build_recording(samples, timing={"a": [1, 2], "b": [1]}, **kwargs)
+    with pytest.raises(RecordingError, match=r"timing\['a'\]: every item must be a finite number"):
+        build_recording(samples, timing={"a": [1.0, float("nan")]}, **kwargs)

@@ -92,7 +92,7 @@ class Capture:
     adc_overflow_frames: int
     smeter: np.ndarray
     frame_seq: np.ndarray
-    frame_gps_s: np.ndarray
+    frame_gps_s: np.ndarray  # GPS seconds of week of each received frame's first sample
     little_endian: bool
     server: dict[str, str] = field(default_factory=dict)
     attempts: int = 1
@@ -100,6 +100,27 @@ class Capture:
     @property
     def duration_s(self) -> float:
         return self.samples.size / self.sample_rate
+
+    def frame_timing(self) -> dict[str, list[float] | list[int]]:
+        """Where each received frame starts in ``samples`` and its GPS time relative to the
+        first received frame (s): the raw material for time-difference work, which needs
+        more than one timestamp per capture to see clock steps or rate errors."""
+        first_seq = int(self.frame_seq[0]) if self.frame_seq.size else 0
+        gaps_before = self.gaps[0][1] if self.gaps and self.gaps[0][0] == 0 else 0
+        starts = (self.frame_seq - first_seq) * codec.SAMPLES_PER_FRAME + gaps_before
+        rel = self.frame_gps_s - (self.frame_gps_s[0] if self.frame_gps_s.size else 0.0)
+        half_week = codec.SECONDS_PER_WEEK / 2
+        rel = (rel + half_week) % codec.SECONDS_PER_WEEK - half_week  # across a week rollover
+        week, _, _ = codec.utc_to_gps(self.start_utc)
+        return {
+            "gps_fix": self.gps_fix,
+            "gps_week": week,
+            "first_frame_gps_seconds_of_week": (
+                round(float(self.frame_gps_s[0]), 9) if self.frame_gps_s.size else None
+            ),
+            "frame_sample_start": [int(v) for v in starts],
+            "frame_gps_offset_s": [round(float(v), 9) for v in rel],
+        }
 
 
 def tuned_khz(frequency_hz: float, freq_offset_khz: float) -> float:
