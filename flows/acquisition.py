@@ -196,6 +196,9 @@ async def acquire(
         db_choice.engine.dispose()
 
     # 6. report
+    starts = [r["time"] for r in ordered if r["status"] == "ok"]
+    if starts:
+        summary.start_spread_ms = (max(starts) - min(starts)).total_seconds() * 1e3
     for row in ordered:
         name = row["receiver"]
         summary.receivers.append(
@@ -296,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = result
     print()
     print(f"acquisition {summary['acquisition_id']}: {summary['message']}")
+    if summary.get("start_spread_ms") is not None:
+        print(f"first samples within {summary['start_spread_ms']:.3f} ms of each other")
     print(_format_rows(summary))
     print()
     print(f"recordings: {summary['storage']}")

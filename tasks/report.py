@@ -62,6 +62,9 @@ class AcquisitionSummary:
     receivers: list[ReceiverOutcome] = field(default_factory=list)
     rows_recorded: int = 0
     record_error: str | None = None
+    # Latest minus earliest first-sample time of the ok receivers: how well the captures
+    # share one instant (one 512-sample frame is ~43 ms; GPS timing is kept per frame).
+    start_spread_ms: float | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.receivers if r.status == status)
@@ -134,6 +137,7 @@ async def publish(summary: AcquisitionSummary) -> None:
         f"**{summary.message}** at {summary.frequency_hz / 1e6:.6f} MHz for "
         f"{summary.duration_s:g} s, starting {summary.start_at}.",
         "",
+        f"- first-sample spread across receivers: {_fmt(summary.start_spread_ms, '.3f')} ms",
         f"- storage: {summary.storage}",
         f"- database: {summary.database} ({summary.rows_recorded} rows)",
         "",
