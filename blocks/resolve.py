@@ -124,6 +124,12 @@ def select_receivers(
                 f"receivers: unknown {', '.join(unknown)}; known: {', '.join(sorted(available))}"
             )
         chosen = {n: available[n] for n in names}
+        disabled = [n for n in names if not available[n].enabled]
+        if disabled:
+            raise ValueError(
+                f"receivers: {', '.join(disabled)} disabled (enabled: false in the block); "
+                "enable them or leave them out"
+            )
     if tag:
         chosen = {n: r for n, r in chosen.items() if tag in r.tags}
         if not chosen:

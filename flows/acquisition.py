@@ -9,6 +9,7 @@ recordings in ``./data/recordings`` and rows in ``./data/rf_acquisition.db``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import uuid
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, unmapped
-from prefect.client.orchestration import get_client
 from prefect.futures import PrefectFuture, wait
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
@@ -31,13 +31,13 @@ from blocks.resolve import (
     select_receivers,
 )
 from flows import cli
-from tasks.capture import capture, check_receiver
+from tasks.capture import StatusCheck, capture, check_receiver
 from tasks.kiwisdr.client import CaptureSettings
-from tasks.plan import Plan, choose_start, split_by_frequency, validate_request
+from tasks.plan import Plan, check_range, choose_start, split_by_frequency, validate_request
 from tasks.process import ProcessedCapture, process
 from tasks.records import record
 from tasks.report import AcquisitionSummary, Progress, ReceiverOutcome, format_table, publish
-from tasks.storage import recording_key, store
+from tasks.storage import recording_key, spool_recording, store
 
 Network = Literal["auto", "simulated", "blocks"]
 
@@ -52,6 +52,8 @@ async def acquire(
     storage: str = "auto",
     database: str = "auto",
     data_dir: str | None = None,
+    start_lead_s: float = 2.0,
+    require_gps: bool = False,
 ) -> State[dict[str, Any]]:
     """One synchronised acquisition.
 
@@ -66,6 +68,10 @@ async def acquire(
             ``"s3-bucket/rf-acquisition"``.
         database: ``"auto"``, ``"sqlite"`` or ``"timescaledb-connection/<name>"``.
         data_dir: folder of the local defaults (default ``$RF_DATA_DIR`` or ``./data``).
+        start_lead_s: how far ahead of the end of planning the common start instant is
+            set (0.5-60 s): time for every capture task to connect and tune.
+        require_gps: skip receivers whose /status shows no GPS fix (their timestamps come
+            from a host clock and are useless for time differences).
 
     Returns:
         A Completed state saying "N/M receivers ok" whose result is the summary dict, or a
@@ -73,6 +79,7 @@ async def acquire(
     """
     logger = get_run_logger()
     validate_request(frequency_hz, duration_s)
+    check_range(start_lead_s, "start_lead_s", 0.5, 60.0, "s")
     folder = Path(data_dir).resolve() if data_dir else default_data_dir()
     acquisition_id = str(uuid.uuid4())
     progress = Progress()
@@ -84,14 +91,20 @@ async def acquire(
         chosen = select_receivers(available, receivers, tag)
         tunable, skipped = split_by_frequency(chosen, frequency_hz)
         checks = check_receiver.map(list(tunable), list(tunable.values()))
-        plan = Plan(acquisition_id, choose_start(receivers=len(tunable)), skipped=skipped)
-        for name, check in zip(tunable, checks.result(), strict=True):
-            if check.ok:
-                plan.go[name] = tunable[name]
-            else:
-                plan.skipped[name] = check.reason
         store_choice = await resolve_storage(storage, folder)
         db_choice = await resolve_database(database, folder)
+        stack.callback(db_choice.engine.dispose)
+        await asyncio.to_thread(wait, checks)
+        go: dict[str, KiwiSDRReceiver] = {}
+        for name, future in zip(tunable, checks, strict=True):
+            reason = _skip_reason(future, require_gps)
+            if reason is None:
+                go[name] = tunable[name]
+            else:
+                skipped[name] = reason
+        # The instant is chosen only now, after the slow parts of planning, so a slow
+        # /status page cannot eat the lead the capture tasks need to connect and tune.
+        plan = Plan(acquisition_id, choose_start(start_lead_s, len(go)), go, skipped)
         logger.info(
             "acquisition %s: %d receivers, %d skipped, start %s; storage %s; database %s",
             acquisition_id,
@@ -120,7 +133,7 @@ async def acquire(
         settings = CaptureSettings(frequency_hz, duration_s, start_at=plan.start_at)
         names = list(plan.go)
         captures = capture.map(names, list(plan.go.values()), unmapped(settings))
-        wait(captures)
+        await asyncio.to_thread(wait, captures)
         captured = {}
         for name, future in zip(names, captures, strict=True):
             if future.state.is_completed():
@@ -137,7 +150,7 @@ async def acquire(
             unmapped(acquisition_id),
             list(captured),
         )
-        wait(processed_futures)
+        await asyncio.to_thread(wait, processed_futures)
         processed: dict[str, ProcessedCapture] = {}
         for name, future in zip(captured, processed_futures, strict=True):
             if future.state.is_completed():
@@ -156,7 +169,7 @@ async def acquire(
             list(processed),
             [p.recording for p in processed.values()],
         )
-        wait(stored_futures)
+        await asyncio.to_thread(wait, stored_futures)
         locations: dict[str, str] = {}
         for name, future in zip(processed, stored_futures, strict=True):
             row = {**processed[name].row, "acquisition_id": acquisition_id}
@@ -165,9 +178,20 @@ async def acquire(
                 rows[name] = row
                 locations[name] = future.result().location
             else:
-                # Measured but not stored: the row says so and points at nothing.
+                # Storage is down beyond the retries: keep the recording in the local spool
+                # (the reconcile flow uploads it and turns this row ok); the row points at
+                # nothing until then.
                 failed = await _failed_row(plan, name, frequency_hz, future, "store")
-                rows[name] = {**row, **{k: failed[k] for k in ("status", "error")}}
+                error = failed["error"]
+                try:
+                    spooled = await spool_recording(
+                        folder / "spool", keys[name], processed[name].recording
+                    )
+                    error += f"; spooled to {spooled.location}"
+                except Exception as exc:  # the capture is lost: say so loudly
+                    logger.error("%s: could not spool the recording either: %s", name, exc)
+                    error += f"; spooling failed too: {type(exc).__name__}: {exc}"
+                rows[name] = {**row, "status": "failed", "error": error}
 
         await progress.update(90)
 
@@ -186,17 +210,16 @@ async def acquire(
             "flow_run_id": str(flow_run.id) if flow_run.id else None,
         }
         recorded = record.submit(db_choice.engine, acquisition_row, ordered)
-        wait([recorded])
+        await asyncio.to_thread(wait, [recorded])
         if recorded.state.is_completed():
             summary.rows_recorded = recorded.result()
         else:
             exc = recorded.result(raise_on_failure=False)
             summary.record_error = f"{type(exc).__name__}: {exc}"
             logger.error("rows for acquisition %s were not recorded: %s", acquisition_id, exc)
-        db_choice.engine.dispose()
 
     # 6. report
-    starts = [r["time"] for r in ordered if r["status"] == "ok"]
+    starts = [r["time"] for r in ordered if r["status"] == "ok" and r.get("gps_fix")]
     if starts:
         summary.start_spread_ms = (max(starts) - min(starts)).total_seconds() * 1e3
     for row in ordered:
@@ -244,6 +267,23 @@ async def _receivers(
     return {c._block_document_name or "": c for c in configs}
 
 
+def _skip_reason(future: PrefectFuture[StatusCheck], require_gps: bool) -> str | None:
+    """Why a receiver is skipped after its /status check, or None to capture it."""
+    if not future.state.is_completed():
+        exc = future.result(raise_on_failure=False)
+        return f"status check failed: {type(exc).__name__}: {exc}"
+    check = future.result()
+    if not check.ok:
+        return check.reason
+    if check.status is not None and not check.status.gps_fix:
+        if require_gps:
+            return "no GPS fix (gps_good=0): timestamps would come from a host clock"
+        get_run_logger().warning(
+            "%s has no GPS fix: captured, but its timing is flagged (gps_fix=false)", check.receiver
+        )
+    return None
+
+
 def _row(
     plan: Plan,
     name: str,
@@ -277,10 +317,9 @@ async def _failed_row(
         if isinstance(exc, BaseException)
         else (f"{stage} failed: {future.state.message}")
     )
-    async with get_client() as client:
-        task_run = await client.read_task_run(future.task_run_id)
+    attempts = getattr(exc, "attempts", None) or 1
     get_run_logger().warning("%s: %s", name, error)
-    return _row(plan, name, plan.go[name], frequency_hz, "failed", error, task_run.run_count)
+    return _row(plan, name, plan.go[name], frequency_hz, "failed", error, attempts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ and the receiver is not hammered.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,13 @@ def retry_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) 
     return exc is not None and is_transient(exc)
 
 
+def note_attempts(exc: BaseException) -> None:
+    """Tag a task's exception with its attempt number, so the flow can record how many
+    attempts a failed receiver had without asking the API (whose task-run records lag)."""
+    with contextlib.suppress(AttributeError):  # __slots__ exceptions: the flow assumes 1
+        exc.attempts = runtime_task_run.run_count or 1  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class StatusCheck:
     """Outcome of a pre-flight look at one receiver's ``/status``."""
@@ -49,6 +57,8 @@ async def check_status(name: str, receiver: KiwiSDRReceiver, timeout_s: float = 
         status = await fetch_status(receiver.url, timeout_s=timeout_s)
     except KiwiSDRError as exc:
         return StatusCheck(name, False, f"status check failed: {exc}")
+    except Exception as exc:  # a broken page or URL must skip one receiver, not the run
+        return StatusCheck(name, False, f"status check failed: {type(exc).__name__}: {exc}")
     if status.offline:
         return StatusCheck(name, False, "receiver reports offline", status)
     if status.full:
@@ -92,8 +102,11 @@ async def capture(name: str, receiver: KiwiSDRReceiver, settings: CaptureSetting
     logger = get_run_logger()
     attempt = runtime_task_run.run_count or 1
     if settings.start_at is not None and settings.start_at <= datetime.now(UTC):
-        if attempt > 1:
-            logger.info("%s: start instant has passed; capturing now", name)
+        late = (datetime.now(UTC) - settings.start_at).total_seconds()
+        # On a retry this is expected; on the first attempt it means the planner's lead
+        # was too short for this receiver, and the capture is not aligned with the others.
+        log = logger.info if attempt > 1 else logger.warning
+        log("%s: start instant passed %.2f s ago; capturing now (not aligned)", name, late)
         settings = replace(settings, start_at=None)
     logger.info(
         "%s: capturing %.3f MHz for %.2f s (attempt %d)",
@@ -102,14 +115,18 @@ async def capture(name: str, receiver: KiwiSDRReceiver, settings: CaptureSetting
         settings.duration_s,
         attempt,
     )
-    result = await capture_iq(
-        receiver.url,
-        replace(settings, gain_db=receiver.gain_db),
-        receiver=name,
-        password=receiver.password.get_secret_value() if receiver.password else None,
-        freq_offset_khz=receiver.freq_offset_khz,
-        tunable_range_hz=receiver.tunable_range_hz,
-    )
+    try:
+        result = await capture_iq(
+            receiver.url,
+            replace(settings, gain_db=receiver.gain_db),
+            receiver=name,
+            password=receiver.password.get_secret_value() if receiver.password else None,
+            freq_offset_khz=receiver.freq_offset_khz,
+            tunable_range_hz=receiver.tunable_range_hz,
+        )
+    except Exception as exc:
+        note_attempts(exc)
+        raise
     result.attempts = attempt
     logger.info(
         "%s: %d samples at %.3f Hz, first sample %s, %d lost frames, %d ADC overflows",

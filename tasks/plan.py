@@ -78,13 +78,13 @@ def split_by_frequency(
     return go, skipped
 
 
-def choose_start(now: datetime | None = None, receivers: int = 1) -> datetime:
-    """The common start instant: the next whole UTC second at least ~1 s away.
+def choose_start(lead_s: float = 2.0, receivers: int = 1, now: datetime | None = None) -> datetime:
+    """The common start instant: the first whole UTC second after ``lead_s`` from now.
 
-    Enough lead for every capture task to connect and finish its handshake (about 50 ms
-    each, a few in parallel), so all receivers' first samples sit on the same instant.
+    The lead covers every capture task connecting and finishing its handshake (tens of ms
+    each on a LAN, up to a second or two to a remote KiwiSDR), plus ~20 ms per receiver
+    for the task runner to start them, so all first samples sit on the same instant.
     """
     now = now or datetime.now(UTC)
-    lead = 1.0 + 0.02 * receivers
-    t = now + timedelta(seconds=lead)
+    t = now + timedelta(seconds=lead_s + 0.02 * receivers)
     return t.replace(microsecond=0) + timedelta(seconds=1)

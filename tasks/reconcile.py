@@ -1,26 +1,64 @@
-"""Find stored recordings whose rows were never written, and write them.
+"""Heal what an outage left behind: recordings without rows, and recordings in the spool.
 
 The acquisition flow stores objects before it records rows, so when the database is down
 the recordings survive and only their rows are missing. Each recording's SigMF metadata
 holds everything its row needs (:func:`tasks.process.row_from_metadata` is the one
 mapping both paths use), so a backfilled row is the row the flow would have written.
+
+When the storage itself stays down longer than the store task's retries, the flow keeps
+the recording in a local spool (:func:`tasks.storage.spool_recording`) and records its
+row as ``failed``. Draining the spool uploads each spooled recording to the same key,
+reads it back, marks its row ``ok`` and only then removes it from the spool.
+
+A reconcile pass leaves alone acquisitions younger than ``min_age`` (the flow may still be
+storing or recording them) and never rewrites what the flow wrote about an acquisition:
+an existing acquisitions row keeps its status and start, only its receiver counts are
+recomputed from the measurement rows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from prefect.filesystems import LocalFileSystem
+from sqlalchemy import Connection, Engine, select, update
 
-from blocks.storage import object_store
+from blocks.storage import describe, local_storage, object_store
 from tasks.process import row_from_metadata
-from tasks.records import Measurement, ensure_schema, upsert_acquisition, upsert_measurements
-from tasks.storage import FileSystem, list_acquisitions, load_recording
+from tasks.recording import IntegrityError, Recording, read_recording
+from tasks.records import (
+    Acquisition,
+    Measurement,
+    ensure_schema,
+    upsert_acquisition,
+    upsert_measurements,
+)
+from tasks.storage import (
+    FileSystem,
+    ListedRecording,
+    StorageError,
+    StoredAcquisition,
+    is_transient,
+    list_acquisitions,
+    list_spool,
+    load_recording,
+    save_recording,
+    unspool,
+)
+
+# Longer than a capture takes to be stored and recorded after its first sample (the
+# flow's store retries take ~30 s); a 600 s capture needs the recording's end, which
+# is why ages are measured from each recording's last sample.
+DEFAULT_MIN_AGE = timedelta(minutes=10)
+_STATUS_RANK = {"ok": 0, "failed": 1, "skipped": 2}  # a receiver counts by its best row
 
 
 @dataclass
@@ -31,6 +69,9 @@ class ReconcileReport:
     recordings_scanned: int = 0
     incomplete: list[str] = field(default_factory=list)  # data without metadata: left alone
     backfilled: dict[str, list[str]] = field(default_factory=dict)  # acquisition -> receivers
+    spooled_scanned: int = 0  # complete recordings found in the spool
+    uploaded: dict[str, list[str]] = field(default_factory=dict)  # from the spool, removed
+    too_recent: list[str] = field(default_factory=list)  # acquisitions left for a later pass
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -38,18 +79,37 @@ class ReconcileReport:
         return sum(len(v) for v in self.backfilled.values())
 
     @property
+    def uploaded_from_spool(self) -> int:
+        return sum(len(v) for v in self.uploaded.values())
+
+    @property
+    def spool_left(self) -> int:
+        """Complete spooled recordings still in the spool after this pass."""
+        return self.spooled_scanned - self.uploaded_from_spool
+
+    @property
     def message(self) -> str:
         text = (
             f"{self.rows_backfilled} rows backfilled in {len(self.backfilled)} acquisitions "
             f"({self.recordings_scanned} recordings in {self.acquisitions_scanned} scanned)"
         )
+        if self.spooled_scanned:
+            text += f"; {self.uploaded_from_spool} recordings uploaded from the spool"
+            if self.spool_left:
+                text += f" ({self.spool_left} left there)"
+        if self.too_recent:
+            text += f"; {len(self.too_recent)} acquisitions too recent, left for later"
         if self.errors:
             text += f"; {len(self.errors)} errors"
         return text
 
 
 def recorded_receivers(engine: Engine, acquisition_ids: list[str]) -> dict[str, set[str]]:
-    """Receivers that already have a row, per acquisition."""
+    """Receivers that already have an ``ok`` row, per acquisition.
+
+    A ``failed`` row does not count: when its recording is in storage after all (the store
+    failed after writing, or the recording came from the spool), the row is rewritten.
+    """
     ids = []
     for a in acquisition_ids:
         try:
@@ -62,7 +122,7 @@ def recorded_receivers(engine: Engine, acquisition_ids: list[str]) -> dict[str, 
     with engine.connect() as conn:
         result = conn.execute(
             select(Measurement.acquisition_id, Measurement.receiver).where(
-                Measurement.acquisition_id.in_(ids)
+                Measurement.acquisition_id.in_(ids), Measurement.status == "ok"
             )
         )
         for acq, receiver in result:
@@ -71,9 +131,17 @@ def recorded_receivers(engine: Engine, acquisition_ids: list[str]) -> dict[str, 
 
 
 async def reconcile(
-    fs: FileSystem, engine: Engine, start: datetime, end: datetime, *, verify: bool = True
+    fs: FileSystem,
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    *,
+    verify: bool = True,
+    spool: Path | None = None,
+    min_age: timedelta = DEFAULT_MIN_AGE,
 ) -> ReconcileReport:
-    """Backfill the rows of complete recordings stored between ``start`` and ``end``.
+    """Drain the spool into ``fs``, then backfill the rows of complete recordings stored
+    between ``start`` and ``end``.
 
     Args:
         fs: the storage block the recordings were written through.
@@ -81,56 +149,310 @@ async def reconcile(
         start, end: UTC window (day resolution, as the storage layout is by day).
         verify: load each recording and check its sha512 before recording it, so a row
             never points at a damaged object (costs one read per backfilled recording).
+            Spooled recordings are always verified, before and after the upload.
+        spool: the spool folder (``<data_dir>/spool``); every complete recording in it,
+            whatever its day, is uploaded to the same key in ``fs``, read back, its row
+            upserted as ``ok`` and only then removed from the spool. None: no draining.
+        min_age: acquisitions whose newest recording ended less than this long ago are
+            left alone (the acquisition flow may still be storing or recording them).
 
     Returns:
-        A :class:`ReconcileReport`; running it twice backfills nothing the second time.
+        A :class:`ReconcileReport`; running it twice does nothing the second time. Faults
+        (an unreadable recording, storage or database errors for one acquisition) are in
+        ``report.errors``; the other acquisitions go on.
+
+    Example:
+        >>> report = asyncio.run(reconcile(bucket, engine, start, end,
+        ...     spool=spool_folder("data")))  # doctest: +SKIP
+        >>> report.message  # doctest: +SKIP
+        '0 rows backfilled in 0 acquisitions (14 recordings in 2 scanned); 1 recordings ...'
     """
     report = ReconcileReport()
-    stored = await list_acquisitions(fs, start, end)
+    cutoff = datetime.now(UTC) - min_age
+    await asyncio.to_thread(ensure_schema, engine)
+    if spool is not None:
+        await _drain_spool(fs, engine, Path(spool), cutoff, report)
+    try:
+        stored = await list_acquisitions(fs, start, end)
+    except Exception as exc:
+        report.errors.append(f"listing {describe(fs)}: {_reason(exc)}")
+        return report
     report.acquisitions_scanned = len(stored)
-    ensure_schema(engine)
-    have = recorded_receivers(engine, [a.acquisition_id for a in stored])
+    have = await asyncio.to_thread(recorded_receivers, engine, [a.acquisition_id for a in stored])
     for acquisition in stored:
-        rows: list[dict[str, Any]] = []
+        missing = []
         for rec in acquisition.recordings:
             report.recordings_scanned += 1
             if not rec.complete:
                 report.incomplete.append(rec.data_key)
-                continue
-            if rec.receiver in have.get(acquisition.acquisition_id, set()):
-                continue
-            try:
-                if verify:
-                    _, meta = await load_recording(fs, rec.data_key)
-                else:
-                    meta = json.loads(await object_store(fs).get(rec.meta_key))
-                rows.append(row_from_metadata(meta, object_key=rec.data_key))
-            except Exception as exc:  # reported per recording; the others go on
-                report.errors.append(f"{rec.data_key}: {type(exc).__name__}: {exc}")
-        if not rows:
+            elif rec.receiver not in have.get(acquisition.acquisition_id, set()):
+                missing.append(rec)
+        if not missing:
             continue
-        upsert_acquisition(engine, _acquisition_row(acquisition.acquisition_id, rows, have))
-        upsert_measurements(engine, rows)
-        report.backfilled[acquisition.acquisition_id] = sorted(r["receiver"] for r in rows)
+        try:
+            await _backfill(fs, engine, acquisition, missing, cutoff, verify, report)
+        except Exception as exc:  # one acquisition's fault never stops the pass
+            report.errors.append(f"acquisition {acquisition.acquisition_id}: {_reason(exc)}")
     return report
 
 
-def _acquisition_row(
-    acquisition_id: str, rows: list[dict[str, Any]], have: dict[str, set[str]]
+# --------------------------------------------------------------------------- backfill
+
+
+async def _backfill(
+    fs: FileSystem,
+    engine: Engine,
+    acquisition: StoredAcquisition,
+    missing: list[ListedRecording],
+    cutoff: datetime,
+    verify: bool,
+    report: ReconcileReport,
+) -> None:
+    """Rows for one acquisition's stored recordings that have none."""
+    rows: list[dict[str, Any]] = []
+    for rec in missing:
+        try:
+            if verify:
+                _, meta = await load_recording(fs, rec.data_key)
+            else:
+                meta = json.loads(await object_store(fs).get(rec.meta_key))
+            rows.append(row_from_metadata(meta, object_key=rec.data_key))
+        except Exception as exc:  # reported per recording; the others go on
+            report.errors.append(f"{rec.data_key}: {_reason(exc)}")
+    if not rows:
+        return
+    if _newest_end(rows) > cutoff:
+        report.too_recent.append(acquisition.acquisition_id)
+        return
+    await asyncio.to_thread(write_rows, engine, acquisition.acquisition_id, rows)
+    report.backfilled[acquisition.acquisition_id] = sorted(r["receiver"] for r in rows)
+
+
+def _newest_end(rows: Sequence[dict[str, Any]]) -> datetime:
+    """When the newest of these recordings ended (first sample + duration)."""
+    return max(
+        r["time"] + timedelta(seconds=(r.get("sample_count") or 0) / (r.get("sample_rate") or 1))
+        for r in rows
+    )
+
+
+# --------------------------------------------------------------------------- spool
+
+
+async def _drain_spool(
+    fs: FileSystem, engine: Engine, folder: Path, cutoff: datetime, report: ReconcileReport
+) -> None:
+    """Upload every complete spooled recording to ``fs``; see :func:`reconcile`."""
+    if isinstance(fs, LocalFileSystem) and _overlap(Path(fs.basepath or "."), folder):
+        report.errors.append(
+            f"spool {folder} and the storage {describe(fs)} overlap: not draining the spool"
+        )
+        return
+    try:
+        spooled = await list_spool(folder)
+    except Exception as exc:
+        report.errors.append(f"listing the spool {folder}: {_reason(exc)}")
+        return
+    spool = object_store(local_storage(folder)) if spooled else None
+    pending: list[tuple[StoredAcquisition, list[ListedRecording]]] = []
+    for acquisition in spooled:
+        complete = [r for r in acquisition.recordings if r.complete]
+        report.incomplete += [
+            spool.location(r.data_key) for r in acquisition.recordings if not r.complete
+        ]
+        report.spooled_scanned += len(complete)
+        if complete:
+            pending.append((acquisition, complete))
+    for i, (acquisition, complete) in enumerate(pending):
+        try:
+            storage_up = await _drain_acquisition(
+                fs, engine, folder, acquisition, complete, cutoff, report
+            )
+        except Exception as exc:
+            report.errors.append(f"spooled {acquisition.prefix}: {_reason(exc)}")
+            storage_up = not is_transient(exc)
+        if not storage_up:
+            if left := sum(len(c) for _, c in pending[i + 1 :]):
+                report.errors.append(
+                    f"{describe(fs)} is unavailable: {left} more spooled recordings "
+                    "left for the next pass"
+                )
+            return
+
+
+async def _drain_acquisition(
+    fs: FileSystem,
+    engine: Engine,
+    folder: Path,
+    acquisition: StoredAcquisition,
+    recordings: list[ListedRecording],
+    cutoff: datetime,
+    report: ReconcileReport,
+) -> bool:
+    """Upload, verify, record and unspool one acquisition's spooled recordings.
+
+    Returns False when the storage looked unavailable (a transient error), so the caller
+    stops trying the rest of the spool this pass.
+    """
+    spool = object_store(local_storage(folder))
+    acquisition_id = acquisition.acquisition_id
+
+    # Age first, from the small metadata files: the flow may still be spooling or
+    # recording this acquisition, and its 'failed' row must not land after our 'ok'.
+    ends = []
+    for rec in recordings:
+        try:
+            meta = json.loads(await spool.get(rec.meta_key))
+            ends.append(_newest_end([row_from_metadata(meta)]))
+        except Exception as exc:
+            report.errors.append(f"{spool.location(rec.meta_key)}: {_reason(exc)}")
+    if not ends:
+        return True
+    if max(ends) > cutoff:
+        report.too_recent.append(acquisition_id)
+        return True
+
+    uploaded: list[tuple[ListedRecording, dict[str, Any]]] = []
+    storage_up = True
+    for rec in recordings:
+        where = spool.location(rec.data_key)
+        try:
+            row = await _upload_spooled(fs, spool, acquisition_id, rec)
+        except Exception as exc:
+            report.errors.append(f"{where}: not uploaded to {describe(fs)}: {_reason(exc)}")
+            if is_transient(exc):
+                storage_up = False
+                break
+            continue
+        uploaded.append((rec, row))
+    if not uploaded:
+        return storage_up
+
+    # The row before the spool copy goes: if the database refuses, the recording stays
+    # spooled and the next pass uploads (the same bytes) and records it again.
+    await asyncio.to_thread(write_rows, engine, acquisition_id, [row for _, row in uploaded])
+    done = []
+    for rec, _ in uploaded:
+        try:
+            await unspool(folder, rec)
+        except Exception as exc:  # stored and recorded; the next pass removes it
+            report.errors.append(
+                f"{spool.location(rec.data_key)}: uploaded but not removed from the spool: "
+                f"{_reason(exc)}"
+            )
+            continue
+        done.append(rec.receiver)
+    if done:
+        report.uploaded[acquisition_id] = sorted(done)
+    return storage_up
+
+
+async def _upload_spooled(
+    fs: FileSystem, spool: Any, acquisition_id: str, rec: ListedRecording
 ) -> dict[str, Any]:
-    """An acquisitions row rebuilt from what was stored (failed/skipped receivers left no
-    objects, so only the ok ones can be counted)."""
-    ok = len(rows) + len(have.get(acquisition_id, set()))
-    first = rows[0]
-    return {
-        "id": acquisition_id,
-        "frequency_hz": first["frequency_hz"],
-        "duration_s": max(r["sample_count"] / r["sample_rate"] for r in rows),
-        "start_at": min(r["time"] for r in rows),
-        "receivers_requested": ok,
-        "receivers_ok": ok,
-        "receivers_failed": 0,
-        "receivers_skipped": 0,
-        "status": "reconciled",
-        "flow_run_id": None,
+    """Verify one spooled recording, save it to ``fs`` at its key, read it back from
+    ``fs`` and check it; returns its ``ok`` row."""
+    npy, meta_bytes = await asyncio.gather(spool.get(rec.data_key), spool.get(rec.meta_key))
+    # the sha512 check, off the event loop (hundreds of MB/s, recordings of up to ~60 MB)
+    _, meta = await asyncio.to_thread(
+        read_recording, npy, meta_bytes, name=spool.location(rec.data_key)
+    )
+    row = row_from_metadata(meta, object_key=rec.data_key)
+    if (str(row["acquisition_id"]), row["receiver"]) != (acquisition_id, rec.receiver):
+        raise StorageError(
+            f"its metadata describes acquisition {row['acquisition_id']} receiver "
+            f"{row['receiver']!r}, not the one its key names"
+        )
+    key = rec.data_key.removesuffix(".npy")
+    stored = await save_recording(fs, key, Recording(npy=npy, meta=meta))
+    _, back = await load_recording(fs, stored.data_key)  # the uploaded data vs its metadata
+    expected, got = meta["global"]["core:sha512"], str(back["global"].get("core:sha512"))
+    if got != expected:
+        raise IntegrityError(
+            f"{stored.location}: read back with sha512 {got[:16]}…, expected {expected[:16]}…"
+        )
+    return row
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def write_rows(engine: Engine, acquisition_id: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Upsert measurement rows of one acquisition and bring its acquisitions row up to
+    date, in one transaction (sync: call it through ``asyncio.to_thread``)."""
+    with engine.begin() as conn:
+        upsert_measurements(conn, rows)
+        sync_acquisition(conn, acquisition_id)
+
+
+def sync_acquisition(conn: Connection, acquisition_id: str) -> None:
+    """Recount an acquisition's receivers from its measurement rows.
+
+    An existing acquisitions row keeps everything the flow wrote (status, start, request,
+    flow run) except ``receivers_ok/failed/skipped``, recomputed from the rows now in the
+    database (``receivers_requested`` only grows if more receivers have rows than were
+    requested). Without one, a row with status ``reconciled`` is made from the
+    measurement rows.
+    """
+    acq = uuid.UUID(str(acquisition_id))
+    found = conn.execute(
+        select(
+            Measurement.receiver,
+            Measurement.status,
+            Measurement.time,
+            Measurement.frequency_hz,
+            Measurement.sample_rate,
+            Measurement.sample_count,
+        ).where(Measurement.acquisition_id == acq)
+    ).all()
+    if not found:
+        return
+    best: dict[str, str] = {}
+    for r in found:
+        if r.receiver not in best or _STATUS_RANK[r.status] < _STATUS_RANK[best[r.receiver]]:
+            best[r.receiver] = r.status
+    counts = Counter(best.values())
+    recount = {
+        "receivers_ok": counts["ok"],
+        "receivers_failed": counts["failed"],
+        "receivers_skipped": counts["skipped"],
     }
+    existing = conn.execute(
+        select(Acquisition.receivers_requested).where(Acquisition.id == acq)
+    ).scalar_one_or_none()
+    if existing is not None:
+        requested = max(existing, len(best))
+        conn.execute(
+            update(Acquisition)
+            .where(Acquisition.id == acq)
+            .values(**recount, receivers_requested=requested)
+        )
+        return
+    durations = [r.sample_count / r.sample_rate for r in found if r.sample_count and r.sample_rate]
+    upsert_acquisition(
+        conn,
+        {
+            "id": acq,
+            "frequency_hz": found[0].frequency_hz,
+            "duration_s": max(durations) if durations else None,
+            "start_at": min(_aware(r.time) for r in found),
+            "receivers_requested": len(best),
+            **recount,
+            "status": "reconciled",
+            "flow_run_id": None,
+        },
+    )
+
+
+def _aware(t: datetime) -> datetime:
+    # SQLite hands timestamps back naive (they are stored as UTC)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    a, b = a.expanduser().resolve(), b.expanduser().resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,14 +36,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.logging import get_run_logger
+from prefect.runtime import task_run as runtime_task_run
 from prefect.states import State
 from prefect.tasks import Task, exponential_backoff
 
-from blocks.storage import MissingObjectError, StorageError, object_store
+from blocks.storage import MissingObjectError, StorageError, local_storage, object_store
 from tasks.recording import IntegrityError, Recording, RecordingError, read_recording
 
 __all__ = [
     "PREFIX",
+    "SPOOL_DIRNAME",
     "FileSystem",
     "IntegrityError",
     "ListedRecording",
@@ -58,12 +61,16 @@ __all__ = [
     "is_transient",
     "list_acquisitions",
     "list_recordings",
+    "list_spool",
     "load",
     "load_recording",
     "recording_key",
     "retry_transient_storage",
     "save_recording",
+    "spool_folder",
+    "spool_recording",
     "store",
+    "unspool",
 ]
 
 PREFIX = "acquisitions"
@@ -424,7 +431,11 @@ async def store(fs: FileSystem, key: str, receiver: str, recording: Recording) -
     Returns:
         The :class:`StoredRecording`.
     """
-    stored = await save_recording(fs, key, recording)
+    try:
+        stored = await save_recording(fs, key, recording)
+    except Exception as exc:
+        exc.attempts = runtime_task_run.run_count or 1  # type: ignore[attr-defined]
+        raise
     get_run_logger().info("%s: stored %d bytes at %s", receiver, stored.size_bytes, stored.location)
     return stored
 
@@ -460,3 +471,93 @@ async def delete(fs: FileSystem, acquisition_id: str, day: date | datetime) -> i
     deleted = await delete_acquisition(fs, acquisition_id, day)
     get_run_logger().info("acquisition %s: deleted %d objects", acquisition_id, deleted)
     return deleted
+
+
+# --------------------------------------------------------------------------- spool
+
+# When the storage block stays unreachable longer than the store task's retries, the
+# recording is kept on local disk, in the same key layout, until the reconcile flow
+# uploads it (tasks/reconcile.py). Nothing captured is dropped because a service failed.
+SPOOL_DIRNAME = "spool"
+
+
+def spool_folder(data_dir: str | Path) -> Path:
+    """``<data_dir>/spool``: where recordings wait when the storage block refused them."""
+    return Path(data_dir).resolve() / SPOOL_DIRNAME
+
+
+def _spool_key_parts(key: str) -> tuple[date, str, str] | None:
+    """(day, acquisition id, receiver) of ``acquisitions/YYYY/MM/DD/<acquisition>/<receiver>``
+    exactly as :func:`recording_key` writes it, or None."""
+    parts = key.split("/")
+    if len(parts) != 6 or parts[0] != PREFIX:
+        return None
+    try:
+        day = date(int(parts[1]), int(parts[2]), int(parts[3]))
+    except ValueError:
+        return None
+    if not key.startswith(_day_prefix(day)):
+        return None  # not zero-padded as recording_key writes it
+    return day, parts[4], parts[5]
+
+
+async def spool_recording(folder: Path, key: str, recording: Recording) -> StoredRecording:
+    """Keep a recording on local disk because the storage block would not take it.
+
+    Writes ``<folder>/<key>.npy`` then ``<key>.sigmf-meta`` with :func:`save_recording`
+    through a LocalFileSystem block (each file written to a temporary name, fsynced and
+    renamed), so the reconcile flow can upload it later to the same key.
+
+    Args:
+        folder: the spool folder (:func:`spool_folder` of the flow's data folder);
+            created when missing.
+        key: the recording's key without extension, from :func:`recording_key`.
+        recording: the ``.npy`` bytes and SigMF metadata.
+
+    Returns:
+        The :class:`StoredRecording`; its ``location`` is the ``.npy`` file's path.
+
+    Raises:
+        StorageKeyError: ``key`` is not a :func:`recording_key` (the spool could not
+            find it again).
+
+    Example:
+        >>> key = recording_key(acquisition_id, started, "torino")  # doctest: +SKIP
+        >>> spooled = asyncio.run(spool_recording(spool_folder("data"), key, rec))  # doctest: +SKIP
+        >>> spooled.location  # doctest: +SKIP
+        '/srv/rf/data/spool/acquisitions/2026/11/28/<acquisition>/torino.npy'
+    """
+    if _spool_key_parts(_check_key(key)) is None:
+        raise StorageKeyError(
+            f"key={key!r} is not a recording key ({PREFIX}/YYYY/MM/DD/<acquisition>/<receiver>)"
+        )
+    return await save_recording(local_storage(folder), key, recording)
+
+
+async def list_spool(folder: Path) -> list[StoredAcquisition]:
+    """Every acquisition waiting in the spool, whatever its day.
+
+    Returns:
+        Acquisitions sorted by day then id, each with its recordings (complete or not);
+        an empty list when the folder does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    groups: dict[tuple[date, str], list[Any]] = {}
+    for obj in await object_store(local_storage(folder)).list(PREFIX + "/"):
+        parts = _spool_key_parts(obj.key.removesuffix(DATA_SUFFIX).removesuffix(META_SUFFIX))
+        if parts is not None:
+            groups.setdefault(parts[:2], []).append(obj)
+    out = []
+    for (day, acquisition_id), objs in sorted(groups.items()):
+        prefix = f"{_day_prefix(day)}{acquisition_id}/"
+        out.append(StoredAcquisition(acquisition_id, day, prefix, _recordings(prefix, objs)))
+    return out
+
+
+async def unspool(folder: Path, recording: ListedRecording) -> None:
+    """Remove one recording from the spool, metadata first (a spooled ``.npy`` without its
+    metadata is never taken for complete); call it only once the recording is safely
+    stored elsewhere."""
+    await object_store(local_storage(folder)).delete([recording.meta_key, recording.data_key])

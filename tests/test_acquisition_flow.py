@@ -212,3 +212,55 @@ def test_against_real_timescaledb_and_s3(
     # No secret reached the summary the flow returned.
     assert s3_env["RF_S3_SECRET_KEY"] not in json.dumps(summary, default=str)
     assert s3_env["RF_PG_PASSWORD"] not in json.dumps(summary, default=str)
+
+
+@pytest.mark.integration
+def test_storage_refusing_writes_spools_and_reconcile_uploads(
+    prefect_server: None, s3_env: dict[str, str], tmp_path: Path, unique: str
+) -> None:
+    """Storage refuses every write (wrong secret: permanent, so no retries): each capture is
+    spooled locally and its row says so; reconcile later uploads all 7 and turns them ok."""
+    from flows.reconcile import reconcile
+
+    good = minio_bucket_from_env(s3_env)
+    good.bucket_folder = f"spool-{unique}"
+    good.save(f"good-{unique}", overwrite=True)
+    bad = minio_bucket_from_env({**s3_env, "RF_S3_SECRET_KEY": "wrong-secret"})
+    bad.bucket_folder = f"spool-{unique}"
+    bad.save(f"bad-{unique}", overwrite=True)
+
+    state = run(
+        duration_s=0.5,
+        network="simulated",
+        storage=f"s3-bucket/bad-{unique}",
+        database="sqlite",
+        data_dir=str(tmp_path),
+    )
+    assert state.is_failed() and state.message.startswith("0/7 receivers ok")
+    summary = state.result(raise_on_failure=False)
+    engine = sqlite_engine(tmp_path / "rf_acquisition.db")
+    rows = measurements_for(engine, summary["acquisition_id"])
+    assert len(rows) == 7
+    for row in rows:
+        assert row["status"] == "failed" and row["object_key"] is None
+        assert "store failed" in row["error"] and "spooled to" in row["error"]
+        assert "wrong-secret" not in row["error"]
+        assert row["power_dbfs"] is not None  # measured all the same
+    assert len(list((tmp_path / "spool").rglob("*.npy"))) == 7
+
+    done = asyncio.run(
+        reconcile(
+            days=1,
+            storage=f"s3-bucket/good-{unique}",
+            database="sqlite",
+            data_dir=str(tmp_path),
+            min_age_s=0,
+            return_state=True,
+        )
+    )
+    assert done.is_completed(), done.message
+    rows = measurements_for(engine, summary["acquisition_id"])
+    assert all(r["status"] == "ok" and r["object_key"] for r in rows)
+    keys = {o["Key"] for o in good.list_objects("acquisitions")}
+    assert {f"spool-{unique}/{r['object_key']}" for r in rows} <= keys
+    assert not list((tmp_path / "spool").rglob("*.npy"))

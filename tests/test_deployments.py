@@ -92,7 +92,15 @@ def test_deploy_all_and_run_on_a_process_worker(tmp_path: Path) -> None:
         else:
             pytest.fail("prefect server did not start within 90 s")
         cli("work-pool", "create", "rf-acquisition", "--type", "process")
-        out = cli("--no-prompt", "deploy", "--all")
+        # Same deployments with every schedule paused, so the run-once worker can only
+        # pick up the run this test starts.
+        quiet = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+        for d in quiet["deployments"]:
+            for schedule in d.get("schedules", []):
+                schedule["active"] = False
+        prefect_file = tmp_path / "prefect.yaml"
+        prefect_file.write_text(yaml.safe_dump(quiet))
+        out = cli("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file))
         for deployment in CONFIG["deployments"]:
             assert deployment["name"] in out
         data_dir = tmp_path / "data"
@@ -106,7 +114,7 @@ def test_deploy_all_and_run_on_a_process_worker(tmp_path: Path) -> None:
         )  # fmt: skip
         cli("worker", "start", "--pool", "rf-acquisition", "--run-once", timeout=240)
         runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}, timeout=10)
-        states = [r["state"]["type"] for r in runs.json() if r["state"]["type"] != "SCHEDULED"]
+        states = [r["state"]["type"] for r in runs.json()]
         assert states == ["COMPLETED"], states
     finally:
         server.terminate()

@@ -622,3 +622,28 @@ def test_power_and_carrier_offset_match_truth(network: SimulatedNetwork) -> None
     # The S-meter reports the same power in dBm (0.1 dB steps).
     rssi = np.array([codec.smeter_to_dbm(int(v)) for v in cap.smeter])
     assert np.all(np.abs(rssi - truth.received_dbm) < 0.5)
+
+
+def test_password_is_not_sent_to_another_host_on_redirect() -> None:
+    """A redirect to a different host name gets no password; the same host keeps it."""
+    emitter = Emitter(44.90, 8.20, 300, RF_HZ, eirp_dbm=40.0, seed=3)
+    with SimulatedNetwork([_rx("locked", 45.1, 7.6, password=PASSWORD)], emitter) as target:
+        port = target.ports["locked"]
+        redirectors = [
+            _rx("same-host", 45.1, 7.5, password=PASSWORD,
+                faults=Faults(redirect_to=f"http://127.0.0.1:{port}")),
+            _rx("other-host", 45.1, 7.5, password=PASSWORD,
+                faults=Faults(redirect_to=f"http://localhost:{port}")),
+        ]  # fmt: skip
+        with SimulatedNetwork(redirectors, emitter) as net:
+            s = settings()
+            same = asyncio.run(
+                capture_iq(net.url("same-host"), s, receiver="same-host", password=PASSWORD,
+                           freq_offset_khz=OFFSET_KHZ)
+            )  # fmt: skip
+            assert same.frames_received == same.frames_expected
+            with pytest.raises(AuthenticationFailed):
+                asyncio.run(
+                    capture_iq(net.url("other-host"), s, receiver="other-host",
+                               password=PASSWORD, freq_offset_khz=OFFSET_KHZ)
+                )  # fmt: skip

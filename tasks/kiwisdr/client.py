@@ -206,6 +206,10 @@ async def capture_iq(
             assert session.result is not None
             return session.result
         logger.info("%s redirected to %s", receiver or base_url, redirect)
+        if urlsplit(redirect).hostname != urlsplit(url).hostname:
+            # The password belongs to the receiver it was configured for: never hand it
+            # to whatever host a redirect names (it travels in clear over ws://).
+            password = None
         url = redirect
     raise ProtocolError("redirected more than once", receiver=receiver)
 

@@ -54,7 +54,10 @@ def parse_status(text: str) -> ReceiverStatus:
         raise ProtocolError(f"/status lacks {', '.join(missing)}: not a KiwiSDR status page")
     lat = lon = None
     if match := _GPS_PAIR.search(raw.get("gps", "")):
-        lat, lon = float(match.group(1)), float(match.group(2))
+        try:
+            lat, lon = float(match.group(1)), float(match.group(2))
+        except ValueError:
+            lat = lon = None  # e.g. "(-, -)" before the first fix
     return ReceiverStatus(
         name=raw.get("name", ""),
         users=_int(raw, "users"),
@@ -94,6 +97,6 @@ async def fetch_status(
         response.raise_for_status()
     except httpx.HTTPStatusError as exc:
         raise ReceiverUnreachable(f"/status answered HTTP {exc.response.status_code}") from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise ReceiverUnreachable(f"/status unreachable: {type(exc).__name__}") from None
     return parse_status(response.text)
