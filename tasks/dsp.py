@@ -5,6 +5,12 @@ and every density in dBFS/Hz. The caller passes the receiver's *true* sample rat
 disciplined, e.g. 12001.135 Hz): densities, C/N0 and the carrier offset all scale with it,
 and using the nominal 12 kHz would bias them.
 
+Lost frames are zero-filled in a capture. Given their positions (``gaps``), :func:`measure`
+reports the figures of the samples that were received: powers average over the received
+samples only, and the PSD uses only Welch segments without a lost sample (zeros would bias
+it low by the lost fraction, and the holes they cut in a carrier would leak its power into
+the noise floor).
+
 Plain numpy/scipy on purpose: no Prefect, no I/O, so the numbers can be unit-tested against
 synthetic captures and benchmarked on their own.
 """
@@ -39,6 +45,9 @@ DEFAULT_PASSBAND_HZ: tuple[float, float] = (-5000.0, 5000.0)
 DEFAULT_NPERSEG = 4096
 # Below this a PSD has too few in-band bins for a meaningful median.
 MIN_SAMPLES = 256
+# With gaps: the Welch segment is halved (down to MIN_SAMPLES) until this many segments
+# hold no lost sample (or all of them do, for a capture of fewer segments).
+_MIN_CLEAN_SEGMENTS = 4
 
 # Floor for powers before log10: a silent (all-zero) capture or a noise-only passband must
 # give a finite number, never NaN or -inf (they end up in JSON and a database).
@@ -133,6 +142,33 @@ def _as_capture(samples: np.ndarray, minimum: int) -> np.ndarray:
     return x
 
 
+def _lost_mask(gaps: Sequence[tuple[int, int]], n: int) -> np.ndarray | None:
+    """Boolean mask of the zero-filled samples the gaps name, or None for no gaps."""
+    if isinstance(gaps, str | bytes) or not isinstance(gaps, Sequence | np.ndarray):
+        raise ProcessingError(
+            f"gaps: must be a sequence of (sample_start, sample_count) pairs, got {gaps!r}"
+        )
+    if len(gaps) == 0:
+        return None
+    lost = np.zeros(n, dtype=bool)
+    for gap in gaps:
+        pair = tuple(gap) if isinstance(gap, Sequence | np.ndarray) else ()
+        if len(pair) != 2 or not all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) for v in pair
+        ):
+            raise ProcessingError(
+                f"gaps: {gap!r} is not a (sample_start, sample_count) pair of integers"
+            )
+        start, count = int(pair[0]), int(pair[1])
+        if start < 0 or count <= 0 or start + count > n:
+            raise ProcessingError(
+                f"gaps: ({start}, {count}) must have 0 <= sample_start, sample_count > 0 and "
+                f"sample_start + sample_count <= {n} (the sample count)"
+            )
+        lost[start : start + count] = True
+    return lost
+
+
 def _check_nperseg(nperseg: int) -> int:
     if isinstance(nperseg, bool) or not isinstance(nperseg, int | np.integer) or nperseg < 16:
         raise ProcessingError(f"nperseg: must be an integer >= 16, got {nperseg!r}")
@@ -166,7 +202,9 @@ def _welch_window(nperseg: int) -> tuple[np.ndarray, float]:
     return w32, energy
 
 
-def _welch(x: np.ndarray, fs: float, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
+def _welch(
+    x: np.ndarray, fs: float, nperseg: int, keep: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Batched Welch PSD, equal to ``scipy.signal.welch(x, fs, window="hann", nperseg,
     noverlap=nperseg // 2, detrend=False, return_onesided=False, scaling="density")``
     fftshifted, but with one FFT over all segments instead of a Python loop per segment.
@@ -175,11 +213,14 @@ def _welch(x: np.ndarray, fs: float, nperseg: int) -> tuple[np.ndarray, np.ndarr
     do not fill a whole segment are dropped, as scipy does. The FFT runs in complex64
     (scipy uses complex128, then rounds the result to float32), ~1.7x faster here;
     bins far below a strong carrier can differ by ~1e-5 relative (< 1e-4 dB).
-    Periodograms are averaged in float64.
+    Periodograms are averaged in float64. ``keep`` (one bool per segment) averages only
+    the segments it marks.
     """
     hop = nperseg - nperseg // 2
     window, energy = _welch_window(nperseg)
     segments = sliding_window_view(x, nperseg)[::hop]  # (K, nperseg) view, no copy
+    if keep is not None:
+        segments = segments[keep]
     spec = scipy.fft.fft(segments * window, axis=-1, overwrite_x=True, workers=1)
     power = spec.real * spec.real
     power += spec.imag * spec.imag
@@ -200,15 +241,35 @@ def _median_to_mean(n: int, nperseg: int) -> float:
     """
     hop = nperseg - nperseg // 2
     segments = 1 + (n - nperseg) // hop
+    pairs = [segments - lag for lag in range(1, len(_overlap_rho(nperseg)) + 1)]
+    return _wilson_hilferty(segments, pairs, nperseg)
+
+
+def _median_to_mean_kept(keep: np.ndarray, nperseg: int) -> float:
+    """:func:`_median_to_mean` for a Welch average of only the segments ``keep`` marks."""
+    lags = len(_overlap_rho(nperseg))
+    pairs = [int(np.count_nonzero(keep[:-lag] & keep[lag:])) for lag in range(1, lags + 1)]
+    return _wilson_hilferty(int(np.count_nonzero(keep)), pairs, nperseg)
+
+
+@lru_cache(maxsize=8)
+def _overlap_rho(nperseg: int) -> tuple[float, ...]:
+    """Correlation of the periodograms of two segments ``lag`` hops apart (lag 1, 2, ...)
+    for white noise, as long as the segments overlap."""
+    hop = nperseg - nperseg // 2
     w = scipy.signal.get_window("hann", nperseg)
     energy = float(np.dot(w, w))
+    return tuple(
+        (float(np.dot(w[:-shift], w[shift:])) / energy) ** 2 for shift in range(hop, nperseg, hop)
+    )
+
+
+def _wilson_hilferty(segments: int, pairs: Sequence[int], nperseg: int) -> float:
+    """Median/mean of a Welch bin averaging ``segments`` periodograms, ``pairs[lag - 1]``
+    of whose pairs are ``lag`` hops apart."""
     var_factor = 1.0
-    for lag in range(1, segments):
-        shift = lag * hop
-        if shift >= nperseg:
-            break
-        rho = (float(np.dot(w[:-shift], w[shift:])) / energy) ** 2
-        var_factor += 2.0 * (1.0 - lag / segments) * rho
+    for rho, count in zip(_overlap_rho(nperseg), pairs, strict=False):
+        var_factor += 2.0 * max(count, 0) / segments * rho
     nu = 2.0 * segments / var_factor
     return (1.0 - 2.0 / (9.0 * nu)) ** 3
 
@@ -340,6 +401,7 @@ def measure(
     sample_rate: float,
     *,
     passband_hz: tuple[float, float] = DEFAULT_PASSBAND_HZ,
+    gaps: Sequence[tuple[int, int]] = (),
 ) -> Measurements:
     """Power, noise floor, carrier power, C/N0, SNR and carrier offset of one capture.
 
@@ -347,16 +409,48 @@ def measure(
     without the DC bin: a median ignores the few bins a carrier occupies, so no signal
     model is needed. Carrier power is what the passband holds above that floor, and the
     SNR is quoted in the whole passband (``snr_bandwidth_hz``).
+
+    ``gaps`` are (sample_start, sample_count) runs of zero-filled lost frames (as
+    :class:`~tasks.kiwisdr.client.Capture` lists them; they may overlap). The figures are
+    then those of the received samples: ``power_dbfs`` averages over them only (the
+    zero-filled average is low by 10*log10(received fraction)), and the PSD averages only
+    the Welch segments that hold no lost sample, shortening the segment (down to
+    ``MIN_SAMPLES``) until at least 4 such segments exist. So the noise floor and carrier
+    power are unbiased too, and a strong carrier cut by a gap does not leak into the
+    floor. C/N0 and SNR are ratios of the two. A capture with few received samples is
+    still measured, only less precisely; the row's ``lost_frames`` says how many were
+    lost. ``sample_count`` stays the length of ``samples``, zeros included.
+
+    Raises:
+        ProcessingError: naming the field and the allowed range; for ``gaps`` also when
+            a gap holds a non-zero sample, every sample is lost, or no run of
+            ``MIN_SAMPLES`` received samples in a row is left for the PSD.
     """
     fs = _check_rate(sample_rate)
     lo, hi = _check_passband(passband_hz, fs)
     x = _as_capture(samples, MIN_SAMPLES)
     n = x.size
-
-    power = float(np.vdot(x, x).real) / n
+    lost = _lost_mask(gaps, n)
 
     nperseg = min(DEFAULT_NPERSEG, 1 << (n.bit_length() - 1))
-    freqs, density = _welch(x, fs, nperseg)
+    if lost is None:
+        power = float(np.vdot(x, x).real) / n
+        freqs, density = _welch(x, fs, nperseg)
+        median_to_mean = _median_to_mean(n, nperseg)
+    else:
+        received = n - int(np.count_nonzero(lost))
+        if received == 0:
+            raise ProcessingError(f"gaps: cover all {n} samples; nothing was received to measure")
+        if np.any(x[lost]):
+            first = int(np.flatnonzero(lost & (x != 0))[0])
+            raise ProcessingError(
+                f"gaps: sample {first} inside a gap is not zero; gaps must name only "
+                "zero-filled lost frames"
+            )
+        power = float(np.vdot(x, x).real) / received
+        nperseg, keep = _clean_segments(lost, nperseg)
+        freqs, density = _welch(x, fs, nperseg, keep)
+        median_to_mean = _median_to_mean_kept(keep, nperseg)
     df = fs / nperseg
     in_band = (freqs >= lo) & (freqs <= hi)
     noise_bins = in_band & (freqs != 0.0)
@@ -365,7 +459,7 @@ def measure(
             f"passband_hz: ({lo:g}, {hi:g}) holds fewer than 3 PSD bins of {df:.3g} Hz; "
             "it must be wider"
         )
-    floor = float(np.median(density[noise_bins])) / _median_to_mean(n, nperseg)
+    floor = float(np.median(density[noise_bins])) / median_to_mean
     band_power = float(density[in_band].sum()) * df
     band_width = float(np.count_nonzero(in_band)) * df
     signal = max(band_power - floor * band_width, _TINY_POWER)
@@ -383,6 +477,28 @@ def measure(
         frequency_offset_hz=_carrier_offset(x, fs, lo, hi),
         sample_count=n,
     )
+
+
+def _clean_segments(lost: np.ndarray, nperseg: int) -> tuple[int, np.ndarray]:
+    """The longest Welch segment (<= ``nperseg``, halving down to ``MIN_SAMPLES``) with
+    enough segments free of lost samples, and which segments those are."""
+    n = lost.size
+    lost_before = np.concatenate(([0], np.cumsum(lost, dtype=np.int64)))
+    while True:
+        hop = nperseg - nperseg // 2
+        starts = np.arange(1 + (n - nperseg) // hop) * hop
+        keep = lost_before[starts + nperseg] == lost_before[starts]
+        clean = int(np.count_nonzero(keep))
+        if clean >= min(_MIN_CLEAN_SEGMENTS, keep.size):
+            return nperseg, keep
+        if nperseg // 2 < MIN_SAMPLES:
+            if clean:
+                return nperseg, keep
+            raise ProcessingError(
+                f"gaps: no Welch segment of {nperseg} samples is free of lost samples; the "
+                f"PSD needs runs of at least {MIN_SAMPLES} received samples in a row"
+            )
+        nperseg //= 2
 
 
 # --------------------------------------------------------------------------- RSSI

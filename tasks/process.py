@@ -40,7 +40,7 @@ def process_capture(
     passband_hz: tuple[float, float] = (-5000.0, 5000.0),
 ) -> ProcessedCapture:
     """Measure ``capture`` and build its recording; pure computation, no I/O."""
-    m = measure(capture.samples, capture.sample_rate, passband_hz=passband_hz)
+    m = measure(capture.samples, capture.sample_rate, passband_hz=passband_hz, gaps=capture.gaps)
     rssi = rssi_dbm(capture.smeter) if capture.smeter.size else float("nan")
     measurements: dict[str, Any] = {**m.as_dict(), "rssi_dbm": rssi}
     quality = {

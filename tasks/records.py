@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from alembic.util import CommandError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -51,10 +52,25 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tasks.migrations import MigrationError, ensure_head  # (its env.py imports this module)
+# (the migrations' env.py imports this module)
+from tasks.migrations import (
+    MigrationError,
+    alembic_config,
+    current_revision,
+    ensure_head,
+    head_revision,
+)
 
 MEASUREMENT_KEY = ("acquisition_id", "receiver", "time")
 MEASUREMENT_STATUSES = ("ok", "failed", "skipped")
@@ -224,8 +240,39 @@ def ensure_schema(engine: Engine) -> None:
     Cheap when already there: checked once per engine URL per process. A database made by
     the earlier ``create_all`` version of this function is adopted (stamped at the
     baseline revision, then upgraded).
+
+    Raises:
+        MigrationError: the database is at a revision this code does not know (migrated by
+            a newer version of it), naming both revisions; or Alembic refused otherwise.
     """
-    ensure_head(engine)
+    try:
+        ensure_head(engine)
+    except CommandError as exc:
+        raise _migration_error(engine, exc) from exc
+
+
+def _migration_error(engine: Engine, exc: CommandError) -> MigrationError:
+    """A CommandError from Alembic as a MigrationError, naming both revisions when the
+    database's revision is not one of ours."""
+    head = head_revision()
+    try:
+        found = current_revision(engine)
+    except Exception:  # the CommandError is the news; keep it
+        found = None
+    if found is not None:
+        from alembic.script import ScriptDirectory
+
+        known = {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+        if found not in known:
+            return MigrationError(
+                f"database {engine.url} is at schema revision {found!r}, which this code does "
+                f"not know (its newest is {head!r}): it was migrated by a newer version of "
+                "rf-acquisition. Run that version, or downgrade the database with it to "
+                f"{head!r}."
+            )
+    return MigrationError(
+        f"database {engine.url}: cannot migrate to {head!r} (database at {found!r}): {exc}"
+    )
 
 
 # --- row validation ---------------------------------------------------------------------
@@ -580,10 +627,103 @@ def _secret_free(engine: Engine, exc: BaseException) -> BaseException | None:
     if not any(password in str(e) or password in repr(e) for e in chain):
         return None
     text_ = f"{type(exc).__name__}: {exc}".replace(password, "***")
-    return ConnectionError(f"database {engine.url}: {text_}")
+    clean = ConnectionError(f"database {engine.url}: {text_}")
+    clean.rf_transient = is_transient_db_error(exc)  # type: ignore[attr-defined]
+    return clean
 
 
-_NOT_TRANSIENT = (RecordError, MigrationError)  # retrying cannot fix bad data or schema
+# --- which database errors a retry can fix ---------------------------------------------
+
+# SQLSTATEs worth another attempt: the connection broke or could not be made, the server
+# is shutting down / restarting / starting up, out of connection slots, or the
+# transaction lost a serialization conflict or a deadlock. Class 08 is matched by prefix.
+TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
+# libpq reports a server's refusal *while connecting* without a SQLSTATE (psycopg's
+# sqlstate is None), only the text "FATAL:  ...". These refusals are transient (57P03,
+# 53300, 57P01); any other FATAL at connect (bad password, no pg_hba.conf entry, unknown
+# role or database, ...) is permanent. A failure without FATAL (refused, reset, timeout,
+# "server closed the connection unexpectedly") never reached a server that said no.
+_TRANSIENT_FATAL = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections",
+    "sorry, too many clients already",
+    "remaining connection slots are reserved",
+    "terminating connection due to administrator command",
+)
+_SQLITE_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
+
+
+def _transient_sqlstate(sqlstate: str | None, message: str) -> bool:
+    if sqlstate is None:
+        if "FATAL:" not in message and "PANIC:" not in message:
+            return True
+        return any(marker in message for marker in _TRANSIENT_FATAL)
+    return sqlstate.startswith("08") or sqlstate in TRANSIENT_SQLSTATES
+
+
+def _transient_dbapi(orig: BaseException) -> bool | None:
+    """A driver exception classified, or None when it is not one we know."""
+    psycopg = sys.modules.get("psycopg")  # no psycopg error exists unless it was imported
+    if psycopg is not None and isinstance(orig, psycopg.Error):
+        if not isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError):
+            return False
+        return _transient_sqlstate(orig.sqlstate, str(orig))
+    import sqlite3
+
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        return (
+            isinstance(orig, sqlite3.OperationalError)
+            and code is not None
+            and code & 0xFF in _SQLITE_BUSY_CODES
+        )
+    return None
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """Whether another attempt may succeed: a connection-class or transient database error.
+
+    Yes: SQLAlchemy ``OperationalError``/``InterfaceError`` whose driver error has no
+    SQLSTATE (connection refused or reset, timeout; but not a server's refusal at connect,
+    see ``_TRANSIENT_FATAL``) or one in class 08, 57P01-57P03, 53300, 40001 or 40P01; a
+    ``DisconnectionError``, a disconnect SQLAlchemy detected, a pool timeout; SQLite
+    busy/locked. No: everything else, in particular wrong password (28P01), permission
+    denied (42501), undefined table or column, bad data (:class:`RecordError`), an
+    unknown schema (:class:`MigrationError`) and programming errors like ``TypeError``.
+    Explicit causes (``raise ... from``) are followed.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        marked = getattr(current, "rf_transient", None)
+        if isinstance(marked, bool):
+            return marked
+        if isinstance(current, RecordError | MigrationError):
+            return False
+        if isinstance(current, DisconnectionError | PoolTimeoutError):
+            return True
+        if isinstance(current, DBAPIError):
+            if current.connection_invalidated:
+                return True
+            if not isinstance(current, OperationalError | InterfaceError):
+                return False
+            verdict = _transient_dbapi(current.orig) if current.orig is not None else None
+            return bool(verdict)
+        verdict = _transient_dbapi(current)  # the raw driver (the COPY path)
+        if verdict is not None:
+            return verdict
+        current = current.__cause__
+    return False
+
+
+def retry_transient_db(task_: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only :func:`is_transient_db_error` errors."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    return exc is not None and is_transient_db_error(exc)
 
 
 @task(
@@ -591,7 +731,7 @@ _NOT_TRANSIENT = (RecordError, MigrationError)  # retrying cannot fix bad data o
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2.0),
     retry_jitter_factor=0.5,
-    retry_condition_fn=lambda _task, _run, state: not isinstance(state.data, _NOT_TRANSIENT),
+    retry_condition_fn=retry_transient_db,
     cache_policy=NO_CACHE,
 )
 def record(
@@ -599,9 +739,11 @@ def record(
 ) -> int:
     """Upsert the acquisition row and its measurement rows in one transaction.
 
-    Retried with backoff when the database is unreachable (the upserts are idempotent);
-    a :class:`RecordError` (bad data) or a ``MigrationError`` (unknown schema) is not.
-    Errors never carry the password.
+    Retried with backoff only on connection-class and transient errors
+    (:func:`is_transient_db_error`: unreachable, restarting, out of connection slots,
+    serialization failure or deadlock); the upserts are idempotent. Bad data
+    (:class:`RecordError`), an unknown schema (``MigrationError``), a wrong password,
+    missing privileges and the like fail at once. Errors never carry the password.
     Sync on purpose: SQLAlchemy's sync engine runs in the task runner's worker thread,
     which keeps the flow's event loop free.
     """

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+import blocks.configure
+from blocks.configure import main as configure_main
 from blocks.configure import read_env_file
 from blocks.database import timescaledb_from_env
 from blocks.receiver import (
@@ -93,6 +95,89 @@ def test_settings_from_env_file_keep_secrets_secret(tmp_path: Path) -> None:
     assert "s3cr3t-s3" not in repr(bucket)
     with pytest.raises(KeyError, match="RF_S3_ENDPOINT"):
         minio_bucket_from_env({})
+
+
+_PG = {"RF_PG_HOST": "127.0.0.1", "RF_PG_DATABASE": "rf", "RF_PG_USER": "rf_admin"}
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "65536", "-5", "5432.0", " ", "\uff15\uff14", ""])
+def test_a_bad_pg_port_is_named_with_its_range(port: str) -> None:
+    if not port:  # empty counts as not set
+        with pytest.raises(KeyError, match="RF_PG_PORT"):
+            timescaledb_from_env({**_PG, "RF_PG_PORT": port})
+        return
+    with pytest.raises(ValueError, match=r"RF_PG_PORT=.*: must be a TCP port number, 1-65535"):
+        timescaledb_from_env({**_PG, "RF_PG_PORT": port})
+
+
+@pytest.mark.parametrize("port", ["1", "5432", " 5433 ", "65535"])
+def test_good_pg_ports(port: str) -> None:
+    assert timescaledb_from_env({**_PG, "RF_PG_PORT": port}).port == int(port)
+
+
+@pytest.fixture
+def from_env_saves(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
+    """What ``configure from-env`` would save (nothing reaches a Prefect API)."""
+    seen: list[dict[str, str]] = []
+
+    def save(env: dict[str, str], name: str) -> list[str]:
+        seen.append(dict(env))
+        timescaledb_from_env(env)  # as the real one does, before saving anything
+        return [f"timescaledb-connection/{name}"]
+
+    monkeypatch.setattr(blocks.configure, "register", lambda: None)
+    monkeypatch.setattr(blocks.configure, "save_from_env", save)
+    return seen
+
+
+def test_from_env_file_wins_over_a_stale_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_env_saves: list[dict[str, str]]
+) -> None:
+    # the shell still holds the previous `. .services/env`: old port and password
+    for key, value in _PG.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RF_PG_HOST", "10.9.9.9")
+    monkeypatch.setenv("RF_PG_PORT", "5999")
+    monkeypatch.setenv("RF_PG_PASSWORD", "old-password")
+    monkeypatch.setenv("RF_PG_SSLMODE", "require")  # not in the file: kept
+    env_file = tmp_path / "env"
+    env_file.write_text(
+        "export RF_PG_HOST=127.0.0.1\nexport RF_PG_PORT=6123\nexport RF_PG_DATABASE=rf\n"
+        "export RF_PG_USER=rf_admin\nexport RF_PG_PASSWORD='new-password'\n"
+    )
+    assert configure_main(["from-env", "--env-file", str(env_file)]) == 0
+    (saved,) = from_env_saves
+    assert saved["RF_PG_PORT"] == "6123"
+    assert saved["RF_PG_HOST"] == "127.0.0.1"
+    assert saved["RF_PG_PASSWORD"] == "new-password"
+    assert saved["RF_PG_SSLMODE"] == "require"
+    # without a file the environment is all there is
+    assert configure_main(["from-env"]) == 0
+    assert from_env_saves[1]["RF_PG_PORT"] == "5999"
+
+
+def test_from_env_reports_a_bad_port_and_saves_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(blocks.configure, "register", lambda: None)
+    saved: list[str] = []
+    monkeypatch.setattr(
+        "prefect.blocks.core.Block.save", lambda self, name, **kw: saved.append(name)
+    )
+    monkeypatch.setattr("blocks.storage.ensure_bucket", lambda bucket: False)
+    s3 = {
+        "RF_S3_ENDPOINT": "http://127.0.0.1:1",
+        "RF_S3_ACCESS_KEY": "AK",
+        "RF_S3_SECRET_KEY": "SK",
+        "RF_S3_BUCKET": "rf-acquisition",
+    }
+    for key, value in {**_PG, **s3, "RF_PG_PORT": "54x32"}.items():
+        monkeypatch.setenv(key, value)
+    assert configure_main(["from-env"]) == 2
+    assert "RF_PG_PORT='54x32': must be a TCP port number, 1-65535" in capsys.readouterr().err
+    assert saved == []  # not even the (valid) storage blocks
 
 
 @pytest.mark.flow

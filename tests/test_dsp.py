@@ -176,6 +176,70 @@ def test_lost_frames_written_as_zeros_are_fine() -> None:
     assert abs(m.frequency_offset_hz - 321.0) < 0.01
 
 
+def lose_frames(
+    rng: np.random.Generator, x: np.ndarray, fraction: float, frame: int = 512
+) -> list[tuple[int, int]]:
+    """Zero ``fraction`` of the whole frames of ``x`` at random, as a client zero-fills lost
+    frames; returns their (sample_start, sample_count) runs, merged like Capture.gaps."""
+    frames = x.size // frame
+    lost = np.sort(rng.choice(frames, size=round(fraction * frames), replace=False))
+    gaps: list[tuple[int, int]] = []
+    for k in lost.tolist():
+        x[k * frame : (k + 1) * frame] = 0
+        if gaps and gaps[-1][0] + gaps[-1][1] == k * frame:
+            gaps[-1] = (gaps[-1][0], gaps[-1][1] + frame)
+        else:
+            gaps.append((k * frame, frame))
+    return gaps
+
+
+def test_gaps_keep_zero_filled_frames_out_of_power_and_noise_floor() -> None:
+    rng = np.random.default_rng(21)
+    x, n0 = capture(rng, seconds=10.0, cn0_dbhz=40.0, offset_hz=1234.5)
+    gaps = lose_frames(rng, x, 0.10)
+    true_power, true_floor = db(AMPLITUDE**2 + n0 * FS), db(n0)
+
+    m = measure(x, FS, gaps=gaps)
+    assert abs(m.power_dbfs - true_power) < 0.1
+    assert abs(m.noise_floor_dbfs_hz - true_floor) < 0.5
+    assert abs(m.signal_power_dbfs - db(AMPLITUDE**2)) < 0.5
+    assert abs(m.cn0_dbhz - 40.0) < 1.0
+    assert abs(m.frequency_offset_hz - 1234.5) < 0.05
+    assert m.sample_count == x.size  # the zeros still count as samples of the recording
+
+    # without the gaps the zeros pull every power down by ~10*log10(0.9) = -0.46 dB
+    biased = measure(x, FS)
+    assert biased.power_dbfs - true_power < -0.3
+    assert biased.noise_floor_dbfs_hz - true_floor < -0.3
+
+
+@pytest.mark.parametrize(("seconds", "fraction"), [(2.0, 0.1), (2.0, 0.5), (10.0, 0.3)])
+def test_gaps_keep_a_strong_carrier_out_of_the_noise_floor(seconds: float, fraction: float) -> None:
+    # A gap cuts a hole in the carrier, whose spectrum leaks across the band: averaging
+    # such Welch segments would raise an 80 dB-Hz capture's floor by ~5 dB.
+    rng = np.random.default_rng(22)
+    x, n0 = capture(rng, seconds=seconds, cn0_dbhz=80.0, offset_hz=-777.0)
+    gaps = lose_frames(rng, x, fraction)
+    m = measure(x, FS, gaps=gaps)
+    assert abs(m.power_dbfs - db(AMPLITUDE**2 + n0 * FS)) < 0.1
+    assert abs(m.noise_floor_dbfs_hz - db(n0)) < 0.5
+    assert abs(m.signal_power_dbfs - db(AMPLITUDE**2)) < 0.1
+    assert abs(m.cn0_dbhz - 80.0) < 1.0
+    assert abs(measure(x, FS).cn0_dbhz - 80.0) > 2.0  # what the zeros alone do
+
+
+def test_gaps_that_miss_every_welch_segment_change_nothing_but_power() -> None:
+    rng = np.random.default_rng(23)
+    x, _ = capture(rng, seconds=2.0, cn0_dbhz=50.0, offset_hz=100.0)
+    # 24002 samples, 4096-point segments every 2048: the last 1474 samples are in none
+    x[-1024:] = 0
+    plain, gapped = measure(x, FS), measure(x, FS, gaps=[(x.size - 1024, 1024)])
+    assert gapped.noise_floor_dbfs_hz == plain.noise_floor_dbfs_hz
+    assert gapped.cn0_dbhz == plain.cn0_dbhz
+    assert gapped.power_dbfs - plain.power_dbfs == pytest.approx(-db(1 - 1024 / x.size))
+    assert measure(x, FS, gaps=()) == plain
+
+
 def test_noise_only_and_silent_captures_are_finite() -> None:
     rng = np.random.default_rng(15)
     noise = (0.01 * (rng.standard_normal(24000) + 1j * rng.standard_normal(24000))).astype(
@@ -260,6 +324,48 @@ def test_bad_passband(passband: tuple[float, float]) -> None:
         r"\+6000.57 Hz \(±fs/2\)",
     ):
         measure(_GOOD, FS, passband_hz=passband)
+
+
+_ZEROED = np.where(np.arange(4096) < 2048, 1.0, 0.0).astype(np.complex64)
+
+
+@pytest.mark.parametrize(
+    ("gaps", "match"),
+    [
+        ([(2048, 0)], r"gaps: \(2048, 0\) must have 0 <= sample_start, sample_count > 0 and "),
+        ([(-1, 10)], r"gaps: \(-1, 10\) must have 0 <= sample_start"),
+        ([(4000, 200)], r"gaps: \(4000, 200\) .* sample_start \+ sample_count <= 4096 \(the"),
+        ([(2048.0, 512)], r"gaps: \(2048.0, 512\) is not a \(sample_start, sample_count\) pair"),
+        ([(True, 512)], r"gaps: \(True, 512\) is not a \(sample_start, sample_count\) pair"),
+        ([(2048, 512, 1)], r"gaps: \(2048, 512, 1\) is not a \(sample_start, sample_count\)"),
+        ([2048], r"gaps: 2048 is not a \(sample_start, sample_count\) pair"),
+        ("2048,512", r"gaps: must be a sequence of \(sample_start, sample_count\) pairs"),
+        ([(2000, 512)], r"gaps: sample 2000 inside a gap is not zero"),
+        ([(0, 2048), (2048, 2048)], r"gaps: cover all 4096 samples; nothing was received"),
+        (
+            [(i, 1) for i in range(2048, 4096, 100)] + [(0, 2048)],
+            r"gaps: no Welch segment of 256 samples is free of lost samples",
+        ),
+    ],
+)
+def test_bad_gaps(gaps: object, match: str) -> None:
+    x = _ZEROED.copy()
+    if "cover all" in match:
+        x[:] = 0
+    if "Welch" in match:
+        x[:2048] = 0
+        x[2048::100] = 0
+    with pytest.raises(ProcessingError, match=match):
+        measure(x, FS, gaps=gaps)  # type: ignore[arg-type]
+
+
+def test_numpy_integer_gaps_and_overlaps_are_accepted() -> None:
+    x = _ZEROED.copy()
+    gaps = [(np.int64(2048), np.int32(1024)), (3000, 1096)]  # overlapping runs
+    m = measure(x, FS, gaps=gaps)
+    assert m.power_dbfs == pytest.approx(0.0, abs=1e-6)  # the received samples are all 1.0
+    as_array = measure(x, FS, gaps=np.array([[2048, 2048]]))  # type: ignore[arg-type]
+    assert as_array == m
 
 
 def test_passband_narrower_than_psd_resolution() -> None:

@@ -12,6 +12,8 @@ import doctest
 import logging
 import math
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,9 +24,11 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
 from prefect import flow
 from prefect.client.orchestration import get_client
 from sqlalchemy import (
@@ -38,7 +42,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 
 import tasks.queries
 import tasks.records
@@ -68,6 +72,7 @@ from tasks.records import (
     RecordError,
     drop_old_measurements,
     ensure_schema,
+    is_transient_db_error,
     measurements_for,
     record,
     upsert_acquisition,
@@ -457,6 +462,177 @@ def test_bad_data_is_not_retried(prefect_server: None, tmp_path: Path) -> None:
     assert box["state"].is_failed()
     assert isinstance(box["state"].result(raise_on_failure=False), RecordError)
     assert box["run_count"] == 1
+
+
+def _wrapped(orig: Exception, base: type[Exception] = psycopg.Error) -> DBAPIError:
+    """A driver error wrapped the way SQLAlchemy wraps it (class chosen by the driver's)."""
+    return DBAPIError.instance("SELECT 1", None, orig, base)
+
+
+def _pg(sqlstate: str) -> DBAPIError:
+    return _wrapped(psycopg.errors.lookup(sqlstate)("server said no"))
+
+
+def _connect_failure(message: str) -> DBAPIError:
+    """What libpq raises when connecting fails: no SQLSTATE, only text."""
+    return _wrapped(
+        psycopg.OperationalError(f'connection to server at "h", port 1 failed: {message}')
+    )
+
+
+def _sqlite_locked() -> DBAPIError:
+    orig = sqlite3.OperationalError("database is locked")
+    orig.sqlite_errorcode = 5  # type: ignore[attr-defined]  # SQLITE_BUSY, as sqlite3 sets it
+    return _wrapped(orig, sqlite3.Error)
+
+
+def _sqlite_no_such_table() -> BaseException:
+    engine = create_engine("sqlite://")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT * FROM nowhere"))
+    except OperationalError as exc:
+        return exc
+    raise AssertionError("no error")
+
+
+@pytest.mark.parametrize(
+    ("make", "transient"),
+    [
+        pytest.param(lambda: _connect_failure("Connection refused"), True, id="refused"),
+        pytest.param(
+            lambda: _connect_failure("server closed the connection unexpectedly"), True, id="reset"
+        ),
+        pytest.param(lambda: _connect_failure("timeout expired"), True, id="timeout"),
+        pytest.param(
+            lambda: _connect_failure("FATAL:  the database system is starting up"),
+            True,
+            id="starting-up",
+        ),
+        pytest.param(
+            lambda: _connect_failure("FATAL:  sorry, too many clients already"),
+            True,
+            id="too-many-clients-at-connect",
+        ),
+        pytest.param(lambda: _pg("08006"), True, id="08006-connection-failure"),
+        pytest.param(lambda: _pg("08001"), True, id="08001"),
+        pytest.param(lambda: _pg("57P01"), True, id="57P01-admin-shutdown"),
+        pytest.param(lambda: _pg("57P02"), True, id="57P02-crash-shutdown"),
+        pytest.param(lambda: _pg("57P03"), True, id="57P03-cannot-connect-now"),
+        pytest.param(lambda: _pg("53300"), True, id="53300-too-many-connections"),
+        pytest.param(lambda: _pg("40001"), True, id="40001-serialization"),
+        pytest.param(lambda: _pg("40P01"), True, id="40P01-deadlock"),
+        pytest.param(lambda: DisconnectionError("pre-ping failed"), True, id="disconnection"),
+        pytest.param(_sqlite_locked, True, id="sqlite-locked"),
+        pytest.param(
+            lambda: _connect_failure('FATAL:  password authentication failed for user "rf"'),
+            False,
+            id="wrong-password-at-connect",
+        ),
+        pytest.param(
+            lambda: _connect_failure('FATAL:  database "nope" does not exist'),
+            False,
+            id="unknown-database-at-connect",
+        ),
+        pytest.param(lambda: _pg("28P01"), False, id="28P01-invalid-password"),
+        pytest.param(lambda: _pg("42501"), False, id="42501-permission-denied"),
+        pytest.param(lambda: _pg("42P01"), False, id="42P01-undefined-table"),
+        pytest.param(lambda: _pg("42703"), False, id="42703-undefined-column"),
+        pytest.param(lambda: _pg("57014"), False, id="57014-statement-timeout"),
+        pytest.param(_sqlite_no_such_table, False, id="sqlite-no-such-table"),
+        pytest.param(lambda: TypeError("bad argument"), False, id="TypeError"),
+        pytest.param(lambda: CommandError("Can't locate revision '0099'"), False, id="alembic"),
+        pytest.param(lambda: MigrationError("unknown schema"), False, id="MigrationError"),
+        pytest.param(lambda: RecordError("bad row"), False, id="RecordError"),
+    ],
+)
+def test_only_connection_class_errors_are_transient(
+    make: Callable[[], BaseException], transient: bool
+) -> None:
+    exc = make()
+    assert is_transient_db_error(exc) is transient
+    # the raw driver error (COPY runs on the psycopg connection itself) counts the same
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        assert is_transient_db_error(orig) is transient
+    # as does the password-free replacement of an error whose chain quoted the password
+    tail = exc
+    while tail.__cause__ or tail.__context__:
+        tail = tail.__cause__ or tail.__context__
+    tail.__context__ = RuntimeError("while connecting with s3cret-Pa55")
+    engine = create_engine("postgresql+psycopg://rf:s3cret-Pa55@127.0.0.1:1/rf")
+    clean = tasks.records._secret_free(engine, exc)
+    assert isinstance(clean, ConnectionError) and "s3cret-Pa55" not in str(clean)
+    assert is_transient_db_error(clean) is transient
+
+
+@pytest.mark.integration
+@pytest.mark.flow
+def test_a_wrong_password_is_tried_once(prefect_server: None, service_env: dict[str, str]) -> None:
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    engine = timescaledb_from_env({**service_env, "RF_PG_PASSWORD": wrong}).get_engine()
+    acquisition, rows = _outage_rows(uuid.uuid4())
+    box = run_record(
+        record.with_options(retries=3, retry_delay_seconds=0), engine, acquisition, rows
+    )
+    engine.dispose()
+    exc = box["state"].result(raise_on_failure=False)
+    assert box["state"].is_failed()
+    assert isinstance(exc, OperationalError) and "password authentication failed" in str(exc)
+    assert box["run_count"] == 1  # three retries could only lock the account
+    assert wrong not in str(exc)
+
+
+def _newer_database(path: Path) -> Engine:
+    """A SQLite database migrated by a (future) version whose newest revision is 0099."""
+    engine = sqlite_engine(path)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    return sqlite_engine(path)  # a new URL-keyed engine: ensure_head looks again
+
+
+@pytest.mark.flow
+def test_a_database_newer_than_the_code_is_refused_at_once(
+    prefect_server: None, tmp_path: Path
+) -> None:
+    engine = _newer_database(tmp_path / "rf.db")
+    acq = uuid.uuid4()
+    t = datetime(2026, 3, 1, tzinfo=UTC)
+    with pytest.raises(MigrationError, match=r"revision '0099'.*its newest is '0002'"):
+        record.fn(engine, arow(acq, t, ok=1), [mrow(acq, "torino", t)])
+    box = run_record(
+        record.with_options(retries=3, retry_delay_seconds=0),
+        engine,
+        arow(acq, t, ok=1),
+        [mrow(acq, "torino", t)],
+    )
+    assert box["state"].is_failed()
+    assert isinstance(box["state"].result(raise_on_failure=False), MigrationError)
+    assert box["run_count"] == 1
+    assert current_revision(engine) == "0099"  # left alone
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.flow
+def test_a_refused_connection_is_retried(prefect_server: None) -> None:
+    engine = create_engine(
+        f"postgresql+psycopg://rf:pw@127.0.0.1:{_closed_port()}/rf?connect_timeout=2"
+    )
+    acquisition, rows = _outage_rows(uuid.uuid4())
+    box = run_record(
+        record.with_options(retries=2, retry_delay_seconds=0), engine, acquisition, rows
+    )
+    exc = box["state"].result(raise_on_failure=False)
+    assert box["state"].is_failed()
+    assert isinstance(exc, OperationalError) and "refused" in str(exc).lower()
+    assert box["run_count"] == 3
 
 
 # --- the database unreachable -------------------------------------------------------------
