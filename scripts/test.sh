@@ -8,6 +8,7 @@ REPO=$(pwd -P)
 STATE_DIR="$REPO/.services/test-$$"
 PREFECT_HOME_DIR=$(mktemp -d /tmp/rf-acquisition-prefect.XXXXXX)
 
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     bash scripts/services.sh down "$STATE_DIR" || true
     rm -rf "$STATE_DIR" "$PREFECT_HOME_DIR"
