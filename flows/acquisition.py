@@ -35,6 +35,7 @@ from tasks.capture import StatusCheck, capture, check_receiver
 from tasks.kiwisdr.client import CaptureSettings
 from tasks.plan import Plan, check_range, choose_start, split_by_frequency, validate_request
 from tasks.process import ProcessedCapture, process
+from tasks.reconcile import save_manifest
 from tasks.records import record
 from tasks.report import AcquisitionSummary, Progress, ReceiverOutcome, format_table, publish
 from tasks.storage import recording_key, spool_recording, store
@@ -217,6 +218,15 @@ async def acquire(
             exc = recorded.result(raise_on_failure=False)
             summary.record_error = f"{type(exc).__name__}: {exc}"
             logger.error("rows for acquisition %s were not recorded: %s", acquisition_id, exc)
+            # Recordings rebuild their own rows; the acquisition row and the failed or
+            # skipped receivers' rows have no object, so keep them for reconcile.
+            try:
+                where = await save_manifest(
+                    store_choice.block, folder / "spool", acquisition_row, ordered
+                )
+                logger.info("kept the acquisition's manifest for reconcile at %s", where)
+            except Exception as manifest_exc:
+                logger.error("could not keep the manifest either: %s", manifest_exc)
 
     # 6. report
     starts = [r["time"] for r in ordered if r["status"] == "ok" and r.get("gps_fix")]

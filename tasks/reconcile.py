@@ -31,7 +31,7 @@ from typing import Any
 from prefect.filesystems import LocalFileSystem
 from sqlalchemy import Connection, Engine, select, update
 
-from blocks.storage import describe, local_storage, object_store
+from blocks.storage import MissingObjectError, describe, local_storage, object_store
 from tasks.process import row_from_metadata
 from tasks.recording import IntegrityError, Recording, read_recording
 from tasks.records import (
@@ -46,6 +46,7 @@ from tasks.storage import (
     ListedRecording,
     StorageError,
     StoredAcquisition,
+    acquisition_prefix,
     is_transient,
     list_acquisitions,
     list_spool,
@@ -72,6 +73,7 @@ class ReconcileReport:
     spooled_scanned: int = 0  # complete recordings found in the spool
     uploaded: dict[str, list[str]] = field(default_factory=dict)  # from the spool, removed
     too_recent: list[str] = field(default_factory=list)  # acquisitions left for a later pass
+    manifests: list[str] = field(default_factory=list)  # acquisition rows rebuilt from one
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -97,6 +99,8 @@ class ReconcileReport:
             text += f"; {self.uploaded_from_spool} recordings uploaded from the spool"
             if self.spool_left:
                 text += f" ({self.spool_left} left there)"
+        if self.manifests:
+            text += f"; {len(self.manifests)} acquisition rows restored from manifests"
         if self.too_recent:
             text += f"; {len(self.too_recent)} acquisitions too recent, left for later"
         if self.errors:
@@ -180,6 +184,11 @@ async def reconcile(
     report.acquisitions_scanned = len(stored)
     have = await asyncio.to_thread(recorded_receivers, engine, [a.acquisition_id for a in stored])
     for acquisition in stored:
+        try:
+            if await _apply_manifest(fs, engine, acquisition, spool):
+                report.manifests.append(acquisition.acquisition_id)
+        except Exception as exc:
+            report.errors.append(f"manifest of {acquisition.acquisition_id}: {_reason(exc)}")
         missing = []
         for rec in acquisition.recordings:
             report.recordings_scanned += 1
@@ -456,3 +465,89 @@ def _overlap(a: Path, b: Path) -> bool:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------- manifest
+
+MANIFEST_NAME = "_acquisition.json"
+
+
+def manifest_key(acquisition_id: str, started: datetime) -> str:
+    """Where an acquisition's manifest lives: beside its recordings."""
+    return acquisition_prefix(acquisition_id, started) + MANIFEST_NAME
+
+
+def manifest_bytes(acquisition: dict[str, Any], rows: Sequence[dict[str, Any]]) -> bytes:
+    """The acquisition row and the rows no recording can rebuild (failed, skipped)."""
+    body = {
+        "acquisition": acquisition,
+        "rows": [r for r in rows if r.get("status") != "ok"],
+    }
+    return json.dumps(body, default=str, indent=1, sort_keys=True).encode()
+
+
+async def save_manifest(
+    fs: FileSystem, spool: Path, acquisition: dict[str, Any], rows: Sequence[dict[str, Any]]
+) -> str:
+    """Keep what the database refused, for reconcile: in storage, else in the spool.
+
+    Called by the acquisition flow when its ``record`` step failed. Returns where it went.
+    """
+    key = manifest_key(str(acquisition["id"]), acquisition["start_at"])
+    data = manifest_bytes(acquisition, rows)
+    try:
+        return await object_store(fs).put(key, data)
+    except Exception:
+        return await object_store(local_storage(spool)).put(key, data)
+
+
+def _manifest_rows(body: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    acquisition = dict(body["acquisition"])
+    acquisition["start_at"] = _aware(datetime.fromisoformat(acquisition["start_at"]))
+    acquisition["status"] = "reconciled"
+    rows = []
+    for row in body["rows"]:
+        row = dict(row)
+        row["time"] = _aware(datetime.fromisoformat(row["time"]))
+        rows.append(row)
+    return acquisition, rows
+
+
+async def _apply_manifest(
+    fs: FileSystem, engine: Engine, acquisition: StoredAcquisition, spool: Path | None
+) -> bool:
+    """Write the acquisition row and failed/skipped rows from a manifest, if there is one
+    and the database has no acquisition row yet. True when something was written."""
+    known = await asyncio.to_thread(_acquisition_exists, engine, acquisition.acquisition_id)
+    if known:
+        return False
+    key = acquisition.prefix + MANIFEST_NAME
+    sources = [object_store(fs)] + ([object_store(local_storage(spool))] if spool else [])
+    for source in sources:
+        try:
+            body = json.loads(await source.get(key))
+        except MissingObjectError:
+            continue
+        acq_row, rows = _manifest_rows(body)
+        await asyncio.to_thread(_write_manifest, engine, acq_row, rows)
+        return True
+    return False
+
+
+def _acquisition_exists(engine: Engine, acquisition_id: str) -> bool:
+    try:
+        acq = uuid.UUID(acquisition_id)
+    except ValueError:
+        return True  # not ours: nothing to do
+    with engine.connect() as conn:
+        return conn.execute(select(Acquisition.id).where(Acquisition.id == acq)).first() is not None
+
+
+def _write_manifest(
+    engine: Engine, acquisition: dict[str, Any], rows: list[dict[str, Any]]
+) -> None:
+    with engine.begin() as conn:
+        upsert_acquisition(conn, acquisition)
+        if rows:
+            upsert_measurements(conn, rows)
+        sync_acquisition(conn, str(acquisition["id"]))

@@ -186,8 +186,22 @@ def test_database_down_then_reconciled(prefect_server: None, tmp_path: Path, uni
     assert done.result()["backfilled"] == {
         acquisition_id: sorted(r["receiver"] for r in summary["receivers"])
     }
-    rows = measurements_for(sqlite_engine(tmp_path / "rf_acquisition.db"), acquisition_id)
+    engine = sqlite_engine(tmp_path / "rf_acquisition.db")
+    rows = measurements_for(engine, acquisition_id)
     assert len(rows) == 7 and all(r["status"] == "ok" and r["object_key"] for r in rows)
+    # The acquisition row comes back as the flow made it (from the manifest the flow kept
+    # beside the recordings), not guessed from the recordings: planned start, flow run.
+    manifest = list((tmp_path / "recordings").rglob("_acquisition.json"))
+    assert len(manifest) == 1
+    assert done.result()["message"].count("1 acquisition rows restored from manifests") == 1
+    with engine.connect() as conn:
+        acq = conn.execute(
+            select(Acquisition.__table__).where(Acquisition.id == uuid.UUID(acquisition_id))
+        ).one()
+    assert acq.status == "reconciled"
+    assert acq.flow_run_id is not None
+    assert acq.start_at.replace(tzinfo=UTC) == datetime.fromisoformat(summary["start_at"])
+    assert (acq.receivers_requested, acq.receivers_ok) == (7, 7)
 
 
 def test_recent_acquisitions_wait_and_bad_ones_do_not_stop_the_pass(tmp_path: Path) -> None:
