@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -63,6 +64,19 @@ def s3_env(service_env: dict[str, str]) -> dict[str, str]:
     except Exception as exc:
         _unavailable(f"S3 at {service_env['RF_S3_ENDPOINT']}: {type(exc).__name__}")
     return service_env
+
+
+@pytest.fixture
+def s3_bucket(s3_env: dict[str, str], unique: str) -> Iterator[Any]:
+    """The test S3Bucket under a folder of its own; emptied afterwards."""
+    bucket = minio_bucket_from_env(s3_env)
+    bucket.bucket_folder = f"test-{unique}"
+    yield bucket
+    client = bucket.credentials.get_s3_client()
+    listed = client.list_objects_v2(Bucket=bucket.bucket_name, Prefix=bucket.bucket_folder + "/")
+    keys = [{"Key": o["Key"]} for o in listed.get("Contents", [])]
+    if keys:
+        client.delete_objects(Bucket=bucket.bucket_name, Delete={"Objects": keys})
 
 
 @pytest.fixture(scope="session")

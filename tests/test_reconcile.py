@@ -4,13 +4,9 @@ and recordings spooled while the storage was down are uploaded, verified and rec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import socket
-import subprocess
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,10 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 from prefect_aws import S3Bucket
+from service_control import s3_stopped
 from sqlalchemy import Engine, delete, select
 
 from blocks.database import TimescaleDBConnection, sqlite_engine, timescaledb_from_env
-from blocks.storage import local_storage, minio_bucket_from_env, object_store
+from blocks.storage import local_storage, object_store
 from flows.acquisition import acquire
 from flows.reconcile import reconcile
 from tasks.process import row_from_metadata
@@ -46,10 +43,6 @@ from tasks.storage import (
 
 pytestmark = pytest.mark.flow
 
-ROOT = Path(__file__).resolve().parent.parent
-REQUIRE_SERVICES = os.environ.get("CI", "").lower() in ("1", "true", "yes") or (
-    os.environ.get("RF_REQUIRE_SERVICES") == "1"
-)
 NOW = timedelta(0)  # min_age for tests: nothing is too recent
 
 
@@ -335,44 +328,6 @@ def test_existing_acquisition_row_is_recounted_not_replaced(
 # --------------------------------------------------------------------------- spool
 
 
-@pytest.fixture
-def s3_target(s3_env: dict[str, str], unique: str) -> Iterator[S3Bucket]:
-    """The test S3Bucket under a folder of its own; emptied afterwards."""
-    bucket = minio_bucket_from_env(s3_env)
-    bucket.bucket_folder = f"test-reconcile-{unique}"
-    yield bucket
-    client = bucket.credentials.get_s3_client()
-    listed = client.list_objects_v2(Bucket=bucket.bucket_name, Prefix=bucket.bucket_folder + "/")
-    keys = [{"Key": o["Key"]} for o in listed.get("Contents", [])]
-    if keys:
-        client.delete_objects(Bucket=bucket.bucket_name, Delete={"Objects": keys})
-
-
-def _services(command: str) -> None:
-    state_dir = os.environ.get("RF_SERVICES_STATE_DIR")
-    if not state_dir:
-        message = "RF_SERVICES_STATE_DIR not set: cannot stop/start the S3 server"
-        if REQUIRE_SERVICES:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    subprocess.run(
-        ["bash", str(ROOT / "scripts/services.sh"), command, state_dir],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
-@contextlib.contextmanager
-def s3_stopped() -> Iterator[None]:
-    """SeaweedFS stopped for the block; always started again afterwards."""
-    _services("s3-stop")
-    try:
-        yield
-    finally:
-        _services("s3-start")
-
-
 def _spool_failed_store(
     engine: Engine, spool: Path, acquisition_id: str, receiver: str, start: datetime, seed: int
 ) -> tuple[Recording, str]:
@@ -420,7 +375,7 @@ def test_spooled_recording_is_uploaded_and_recorded(
     prefect_server: None,
     pg_engine: Engine,
     s3_env: dict[str, str],
-    s3_target: S3Bucket,
+    s3_bucket: S3Bucket,
     tmp_path: Path,
     unique: str,
 ) -> None:
@@ -432,7 +387,7 @@ def test_spooled_recording_is_uploaded_and_recorded(
     start = datetime.now(UTC) - timedelta(days=3)  # spooled recordings of any day drain
     acq = str(uuid.uuid4())
     rec, key = _spool_failed_store(pg_engine, spool, acq, "torino", start, seed=7)
-    s3_target.save(f"reconcile-{unique}", overwrite=True)
+    s3_bucket.save(f"reconcile-{unique}", overwrite=True)
     timescaledb_from_env(s3_env).save(f"reconcile-{unique}", overwrite=True)
     params = {
         "storage": f"s3-bucket/reconcile-{unique}",
@@ -446,7 +401,7 @@ def test_spooled_recording_is_uploaded_and_recorded(
     assert result["spool_left"] == 0 and result["rows_backfilled"] == 0
     assert "1 recordings uploaded from the spool" in done.message
     assert _files(spool) == []
-    _assert_drained(pg_engine, s3_target, acq, rec, key)
+    _assert_drained(pg_engine, s3_bucket, acq, rec, key)
 
     again = _reconcile(tmp_path, **params)
     assert again.is_completed() and again.result()["uploaded_from_spool"] == 0
@@ -454,7 +409,7 @@ def test_spooled_recording_is_uploaded_and_recorded(
 
 @pytest.mark.integration
 def test_spool_is_kept_while_s3_is_down_and_drained_after(
-    pg_engine: Engine, s3_target: S3Bucket, tmp_path: Path
+    pg_engine: Engine, s3_bucket: S3Bucket, tmp_path: Path
 ) -> None:
     """S3 down: nothing leaves the spool, the rows stay failed, the error says why and the
     second acquisition is not even tried. S3 back: the next pass drains both."""
@@ -471,7 +426,7 @@ def test_spool_is_kept_while_s3_is_down_and_drained_after(
 
     with s3_stopped():
         down = asyncio.run(
-            reconcile_stored(s3_target, pg_engine, *window, spool=spool, min_age=NOW)
+            reconcile_stored(s3_bucket, pg_engine, *window, spool=spool, min_age=NOW)
         )
     assert isinstance(down, ReconcileReport)
     assert down.uploaded == {} and down.spooled_scanned == 2 and down.spool_left == 2
@@ -482,13 +437,13 @@ def test_spool_is_kept_while_s3_is_down_and_drained_after(
         [row] = measurements_for(pg_engine, acq)
         assert row["status"] == "failed" and row["object_key"] is None
 
-    back = asyncio.run(reconcile_stored(s3_target, pg_engine, *window, spool=spool, min_age=NOW))
+    back = asyncio.run(reconcile_stored(s3_bucket, pg_engine, *window, spool=spool, min_age=NOW))
     assert back.errors == []
     assert back.uploaded == {acq: ["genova"] for acq in spooled}
     assert "2 recordings uploaded from the spool" in back.message
     assert _files(spool) == []
     for acq, (rec, key) in spooled.items():
-        _assert_drained(pg_engine, s3_target, acq, rec, key)
+        _assert_drained(pg_engine, s3_bucket, acq, rec, key)
 
 
 def test_spool_keys_and_overlap_are_checked(tmp_path: Path) -> None:

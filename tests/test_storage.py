@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from botocore.stub import Stubber
 from prefect import flow
 from prefect.states import Failed
 from prefect_aws import S3Bucket
+from service_control import s3_stopped, services
 
 import blocks.storage as storage_blocks
 from blocks.database import timescaledb_from_env
@@ -64,11 +62,7 @@ from tasks.storage import (
     store,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
-REQUIRE_SERVICES = os.environ.get("CI", "").lower() in ("1", "true", "yes") or (
-    os.environ.get("RF_REQUIRE_SERVICES") == "1"
-)
 
 
 def _recording(n: int = 2048, receiver: str = "torino", seed: int = 3) -> tuple[Any, Recording]:
@@ -101,44 +95,6 @@ async def _save_acquisition(
         stored = await save_recording(fs, recording_key(acquisition_id, started, receiver), rec)
         saved[receiver] = (samples, stored)
     return saved
-
-
-@pytest.fixture
-def s3_bucket(s3_env: dict[str, str], unique: str) -> Iterator[S3Bucket]:
-    """The test S3Bucket under a folder of its own; emptied afterwards."""
-    bucket = minio_bucket_from_env(s3_env)
-    bucket.bucket_folder = f"test-storage-{unique}"
-    yield bucket
-    client = bucket.credentials.get_s3_client()
-    listed = client.list_objects_v2(Bucket=bucket.bucket_name, Prefix=bucket.bucket_folder + "/")
-    keys = [{"Key": o["Key"]} for o in listed.get("Contents", [])]
-    if keys:
-        client.delete_objects(Bucket=bucket.bucket_name, Delete={"Objects": keys})
-
-
-def _services(command: str) -> None:
-    state_dir = os.environ.get("RF_SERVICES_STATE_DIR")
-    if not state_dir:
-        message = "RF_SERVICES_STATE_DIR not set: cannot stop/start the S3 server"
-        if REQUIRE_SERVICES:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    subprocess.run(
-        ["bash", str(ROOT / "scripts/services.sh"), command, state_dir],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
-@contextlib.contextmanager
-def s3_stopped() -> Iterator[None]:
-    """SeaweedFS stopped for the block; always started again afterwards."""
-    _services("s3-stop")
-    try:
-        yield
-    finally:
-        _services("s3-start")
 
 
 # --------------------------------------------------------------------------- retries
@@ -592,7 +548,7 @@ def test_store_survives_an_s3_restart(
     def restart_later() -> None:
         first_failure.wait(timeout=60)
         time.sleep(1.5)
-        _services("s3-start")
+        services("s3-start")
 
     with s3_stopped():
         restarter = threading.Thread(target=restart_later)
