@@ -407,15 +407,18 @@ def retry_transient_storage(task: Task[Any, Any], task_run: TaskRun, state: Stat
 # ~30 s of an outage loses nothing. Writes are idempotent (the same bytes to the same key).
 STORE_RETRIES = 4
 STORE_BACKOFF = exponential_backoff(backoff_factor=2.0)
+_RETRYING: dict[str, Any] = {
+    "retries": STORE_RETRIES,
+    "retry_delay_seconds": STORE_BACKOFF,
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_transient_storage,
+    "cache_policy": NO_CACHE,
+}
 
 
 @task(
     name="store",
-    retries=STORE_RETRIES,
-    retry_delay_seconds=STORE_BACKOFF,
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient_storage,
-    cache_policy=NO_CACHE,
+    **_RETRYING,
     task_run_name="store-{receiver}",
 )
 async def store(fs: FileSystem, key: str, receiver: str, recording: Recording) -> StoredRecording:
@@ -442,11 +445,7 @@ async def store(fs: FileSystem, key: str, receiver: str, recording: Recording) -
 
 @task(
     name="load-recording",
-    retries=STORE_RETRIES,
-    retry_delay_seconds=STORE_BACKOFF,
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient_storage,
-    cache_policy=NO_CACHE,
+    **_RETRYING,
 )
 async def load(fs: FileSystem, data_key: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Load and verify one recording (:func:`load_recording`), retrying transient errors.
@@ -459,11 +458,7 @@ async def load(fs: FileSystem, data_key: str) -> tuple[np.ndarray, dict[str, Any
 
 @task(
     name="delete-acquisition",
-    retries=STORE_RETRIES,
-    retry_delay_seconds=STORE_BACKOFF,
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient_storage,
-    cache_policy=NO_CACHE,
+    **_RETRYING,
     task_run_name="delete-{acquisition_id}",
 )
 async def delete(fs: FileSystem, acquisition_id: str, day: date | datetime) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sigmf
 
 from tasks.recording import (
     EXTENSION,
@@ -218,7 +219,6 @@ def test_no_position_and_unknown_quality() -> None:
 
 
 def test_sigmf_library_reads_the_pair_and_validates_it(tmp_path: Path) -> None:
-    sigmf = pytest.importorskip("sigmf")
     from sigmf import validate as sigmf_validate
 
     x = samples()
@@ -236,7 +236,6 @@ def test_sigmf_library_reads_the_pair_and_validates_it(tmp_path: Path) -> None:
 
 
 def test_sigmf_library_rejects_a_tampered_dataset(tmp_path: Path) -> None:
-    sigmf = pytest.importorskip("sigmf")
     rec = build()
     meta_path = write_pair(tmp_path, rec)
     npy_path = tmp_path / rec.npy_name

@@ -31,6 +31,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from prefect import flow
 from prefect.client.orchestration import get_client
+from service_control import services
 from sqlalchemy import (
     CheckConstraint,
     Engine,
@@ -80,9 +81,6 @@ from tasks.records import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIRE_SERVICES = os.environ.get("CI", "").lower() in ("1", "true", "yes") or (
-    os.environ.get("RF_REQUIRE_SERVICES") == "1"
-)
 TIMESCALEDB = pytest.param("timescaledb", marks=pytest.mark.integration)
 
 
@@ -658,23 +656,8 @@ def run_record(task: Any, engine: Engine, acquisition: dict, rows: list[dict]) -
 @pytest.fixture
 def postgres_control(pg_engine: Engine) -> Iterator[Callable[[str], None]]:
     """pg-stop / pg-start of the real server (same data and port); restarted afterwards."""
-    state_dir = os.environ.get("RF_SERVICES_STATE_DIR")
-    if not state_dir:
-        message = "RF_SERVICES_STATE_DIR not set: cannot stop and start PostgreSQL"
-        if REQUIRE_SERVICES:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-
-    def control(action: str) -> None:
-        subprocess.run(
-            ["bash", str(ROOT / "scripts" / "services.sh"), action, state_dir],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-
-    yield control
-    control("pg-start")
+    yield services
+    services("pg-start")
     with pg_engine.connect() as conn:  # the server answers again before the next test
         conn.execute(text("SELECT 1"))
 
