@@ -32,6 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Connection,
@@ -164,6 +165,7 @@ class Acquisition(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    simulated: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class Measurement(Base):
@@ -209,9 +211,89 @@ class Measurement(Base):
     adc_overflow_frames: Mapped[int | None] = mapped_column(Integer)
     object_key: Mapped[str | None] = mapped_column(Text)
     sha512: Mapped[str | None] = mapped_column(String(128))
+    # 0003: where the samples came from, the GPS timing model, and detection.
+    simulated: Mapped[bool | None] = mapped_column(Boolean)
+    sample_rate_fitted_hz: Mapped[float | None] = mapped_column(Float)
+    timing_residual_ns: Mapped[float | None] = mapped_column(Float)
+    gps_locked: Mapped[bool | None] = mapped_column(Boolean)
+    timing_fixes: Mapped[int | None] = mapped_column(Integer)
+    timing_outliers: Mapped[int | None] = mapped_column(Integer)
+    first_sample_ns: Mapped[int | None] = mapped_column(BigInteger)
+    detected: Mapped[bool | None] = mapped_column(Boolean)
+    detection_reason: Mapped[str | None] = mapped_column(Text)
+    occupied_bandwidth_hz: Mapped[float | None] = mapped_column(Float)
+    noise_method: Mapped[str | None] = mapped_column(String(32))
+    modulation: Mapped[str | None] = mapped_column(String(16))
+    clipped_fraction: Mapped[float | None] = mapped_column(Float)
+    dc_dbfs: Mapped[float | None] = mapped_column(Float)
+    edge_distance_hz: Mapped[float | None] = mapped_column(Float)
 
 
 Index("measurements_time_idx", Measurement.__table__.c.time.desc())
+
+LOCATION_STATUSES = ("ok", "failed")
+LOCATION_SOURCES = ("acquisition", "kiwi-wav")
+LOCATION_RANGES: dict[str, Range] = {
+    "latitude": Range(-90, 90),
+    "longitude": Range(-180, 180),
+    "frequency_hz": Range(low=0, low_exclusive=True),
+    "receivers_used": Range(low=0),
+    "pairs_used": Range(low=0),
+}
+
+
+class Location(Base):
+    """One transmitter position from time differences of arrival; a hypertable on ``time``
+    (the start of the common capture window) on TimescaleDB.
+
+    ``acquisition_id`` is NULL for positions computed from imported kiwirecorder files; the
+    ``truth_*`` and ``error_m`` columns are set only when the emitter's position is known
+    (simulated runs).
+    """
+
+    __tablename__ = "locations"
+    __table_args__ = (
+        PrimaryKeyConstraint("id", "time", name="locations_pkey"),
+        CheckConstraint(
+            "status IN ({})".format(", ".join(f"'{s}'" for s in LOCATION_STATUSES)),
+            name="ck_locations_status",
+        ),
+        CheckConstraint(
+            "source IN ({})".format(", ".join(f"'{s}'" for s in LOCATION_SOURCES)),
+            name="ck_locations_source",
+        ),
+        *_range_checks("locations", LOCATION_RANGES),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    acquisition_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    frequency_hz: Mapped[float] = mapped_column(Float, nullable=False)
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    ellipse_major_m: Mapped[float | None] = mapped_column(Float)
+    ellipse_minor_m: Mapped[float | None] = mapped_column(Float)
+    ellipse_orientation_deg: Mapped[float | None] = mapped_column(Float)
+    gdop: Mapped[float | None] = mapped_column(Float)
+    receivers_used: Mapped[int] = mapped_column(Integer, nullable=False)
+    pairs_used: Mapped[int] = mapped_column(Integer, nullable=False)
+    receivers: Mapped[str | None] = mapped_column(Text)
+    residual_rms_ns: Mapped[float | None] = mapped_column(Float)
+    propagation_speed_m_s: Mapped[float] = mapped_column(Float, nullable=False)
+    truth_latitude: Mapped[float | None] = mapped_column(Float)
+    truth_longitude: Mapped[float | None] = mapped_column(Float)
+    error_m: Mapped[float | None] = mapped_column(Float)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+Index("locations_time_idx", Location.__table__.c.time.desc())
+Index("locations_acquisition_idx", Location.__table__.c.acquisition_id)
 
 MEASUREMENT_COLUMNS = frozenset(c.name for c in Measurement.__table__.columns)
 

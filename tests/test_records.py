@@ -69,6 +69,7 @@ from tasks.queries import (
 from tasks.records import (
     Acquisition,
     Base,
+    Location,
     Measurement,
     RecordError,
     drop_old_measurements,
@@ -177,13 +178,14 @@ def model_check_names(model: type[Base]) -> set[str]:
 
 def test_migrations_up_and_down_on_an_empty_database(empty_db: Engine) -> None:
     assert current_revision(empty_db) is None
-    assert upgrade(empty_db) == head_revision() == "0002"
+    assert upgrade(empty_db) == head_revision() == "0003"
     assert {"acquisitions", "measurements"} <= set(inspect(empty_db).get_table_names())
     # The models and the migrations agree: autogenerate finds nothing to do ...
     assert schema_diffs(empty_db) == []
     # ... and every CHECK of the models is in the database (autogenerate ignores CHECKs).
     assert check_names(empty_db, "measurements") == model_check_names(Measurement)
     assert check_names(empty_db, "acquisitions") == model_check_names(Acquisition)
+    assert check_names(empty_db, "locations") == model_check_names(Location)
     pk = inspect(empty_db).get_pk_constraint("measurements")["constrained_columns"]
     assert pk == ["acquisition_id", "receiver", "time"]
 
@@ -191,7 +193,7 @@ def test_migrations_up_and_down_on_an_empty_database(empty_db: Engine) -> None:
     assert check_names(empty_db, "measurements") == set()
     assert downgrade(empty_db, "base") is None
     assert set(inspect(empty_db).get_table_names()) <= {"alembic_version"}
-    assert upgrade(empty_db) == "0002"  # and up again from nothing
+    assert upgrade(empty_db) == "0003"  # and up again from nothing
     assert schema_diffs(empty_db) == []
 
 
@@ -210,9 +212,16 @@ def test_a_pre_migration_database_is_adopted(empty_db: Engine) -> None:
     upgrade(empty_db, "0001")
     acq = uuid.uuid4()
     t = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    upsert_acquisition(empty_db, arow(acq, t, ok=1))
-    upsert_measurements(empty_db, [mrow(acq, "torino", t, snr_db=11.0)])
+    # Written as the code of that time wrote them: only the columns 0001 has.
     with empty_db.begin() as conn:
+        tables = {name: Base.metadata.tables[name] for name in ("acquisitions", "measurements")}
+        for name, row in (
+            ("acquisitions", arow(acq, t, ok=1)),
+            ("measurements", mrow(acq, "torino", t, snr_db=11.0)),
+        ):
+            old = [c for c in inspect(conn).get_columns(name)]
+            values = {c["name"]: row.get(c["name"]) for c in old if c["name"] in row}
+            conn.execute(insert(tables[name]).values(**values))
         conn.execute(text("DROP TABLE alembic_version"))
     assert current_revision(empty_db) is None
 
@@ -257,7 +266,7 @@ def test_concurrent_upgrades_migrate_once(new_pg: Any) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert results == ["0002"] * 3
+    assert results == ["0003"] * 3
 
 
 def test_migration_command_line(tmp_path: Path) -> None:
@@ -275,9 +284,9 @@ def test_migration_command_line(tmp_path: Path) -> None:
         return done.stdout.strip()
 
     assert cli("current").endswith(": none")
-    assert cli("upgrade").endswith(": none -> 0002")
-    assert cli("current").endswith(": 0002 (head)")
-    assert cli("downgrade", "0001").endswith(": 0002 -> 0001")
+    assert cli("upgrade").endswith(": none -> 0003")
+    assert cli("current").endswith(": 0003 (head)")
+    assert cli("downgrade", "0001").endswith(": 0003 -> 0001")
     assert cli("downgrade", "base").endswith(": 0001 -> none")
 
 
@@ -296,7 +305,7 @@ def test_migration_command_line_on_timescaledb_never_prints_the_password(
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().endswith(": none -> 0002")
+    assert done.stdout.strip().endswith(": none -> 0003")
     assert "***" in done.stdout
     assert service_env["RF_PG_PASSWORD"] not in done.stdout + done.stderr
 
@@ -327,8 +336,15 @@ def test_measurements_is_a_hypertable_with_daily_chunks(new_pg: Any) -> None:
         names = conn.execute(
             text("SELECT hypertable_name FROM timescaledb_information.hypertables")
         ).scalars()
-        assert list(names) == ["measurements"]
+        assert sorted(names) == ["locations", "measurements"]
+        location_dims = conn.execute(
+            text(
+                "SELECT column_name, time_interval FROM timescaledb_information.dimensions "
+                "WHERE hypertable_name = 'locations'"
+            )
+        ).all()
     assert chunks == 5
+    assert location_dims == [("time", timedelta(days=7))]
 
 
 # --- writes -----------------------------------------------------------------------------
@@ -598,7 +614,7 @@ def test_a_database_newer_than_the_code_is_refused_at_once(
     engine = _newer_database(tmp_path / "rf.db")
     acq = uuid.uuid4()
     t = datetime(2026, 3, 1, tzinfo=UTC)
-    with pytest.raises(MigrationError, match=r"revision '0099'.*its newest is '0002'"):
+    with pytest.raises(MigrationError, match=r"revision '0099'.*its newest is '0003'"):
         record.fn(engine, arow(acq, t, ok=1), [mrow(acq, "torino", t)])
     box = run_record(
         record.with_options(retries=3, retry_delay_seconds=0),

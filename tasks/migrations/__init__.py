@@ -5,7 +5,7 @@ Apply them from the command line (``python -m tasks.migrations upgrade``, see
 
     >>> from tasks.migrations import upgrade, current_revision
     >>> upgrade(engine)                       # doctest: +SKIP
-    '0002'
+    '0003'
 
 The record path calls :func:`ensure_head` before its first write. Upgrades run in one
 transaction under a PostgreSQL advisory lock, so concurrent flow runs migrate once.
