@@ -239,6 +239,12 @@ cmd_install() {
         apt_update_once
         apt_install python3
     }
+    # The UI test drives the real Prefect UI in headless Chromium (Playwright's own
+    # browser download is not reachable here; Debian's browser is).
+    if ! command -v chromium >/dev/null; then
+        apt_update_once
+        apt_install chromium fonts-dejavu-core
+    fi
     local weed=""
     weed=$(find_weed) || true
     if [[ -n $weed ]] && ! weed_compatible "$weed"; then

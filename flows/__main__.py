@@ -1,0 +1,5 @@
+import sys
+
+from flows.command import main
+
+sys.exit(main())
