@@ -34,22 +34,63 @@ class KiwiSDRReceiver(Block):
 
     _block_type_name = "KiwiSDR Receiver"
     _description = "A KiwiSDR web SDR receiver that streams GPS-timed IQ."
+    # Shown in the UI's Example box (a doctest prompt would be escaped away there).
+    _code_example = """
+    ```python
+    from blocks.receiver import KiwiSDRReceiver
 
-    url: str = Field(description="Base URL of the receiver, e.g. http://host:8073")
-    display_name: str = Field(default="", description="Human-readable station name.")
-    password: SecretStr | None = Field(default=None, description="Receiver password, if any.")
-    latitude: float = Field(ge=-90, le=90, description="Degrees north.")
-    longitude: float = Field(ge=-180, le=180, description="Degrees east.")
-    altitude_m: float = Field(default=0.0, ge=-500, le=9000, description="Metres above sea level.")
-    antenna: str = Field(default="", description="Antenna description.")
-    min_frequency_hz: float = Field(default=10e3, gt=0, description="Lowest tunable RF frequency.")
-    max_frequency_hz: float = Field(default=30e6, gt=0, description="Highest tunable RF frequency.")
-    freq_offset_khz: float = Field(
-        default=0.0, description="Down-converter offset: KiwiSDR dial = RF - offset (kHz)."
+    rx = KiwiSDRReceiver(
+        url="http://kiwi.example:8073", latitude=45.0, longitude=7.6,
+        min_frequency_hz=144e6, max_frequency_hz=146e6, freq_offset_khz=116000,
     )
-    gain_db: float = Field(default=50.0, ge=0, le=120, description="Fixed manual gain (manGain).")
-    enabled: bool = Field(default=True, description="Disabled receivers are never captured.")
-    tags: list[str] = Field(default_factory=list, description="Groups to select receivers by.")
+    rx.save("torino", overwrite=True)
+    receiver = KiwiSDRReceiver.load("torino")
+    ```
+    """
+
+    url: str = Field(title="URL", description="Base URL of the receiver, e.g. http://host:8073")
+    display_name: str = Field(
+        default="", title="Display name", description="Human-readable station name."
+    )
+    password: SecretStr | None = Field(
+        default=None, title="Password", description="Receiver password, if any."
+    )
+    latitude: float = Field(title="Latitude (°N)", ge=-90, le=90, description="Degrees north.")
+    longitude: float = Field(title="Longitude (°E)", ge=-180, le=180, description="Degrees east.")
+    altitude_m: float = Field(
+        default=0.0, title="Altitude (m)", ge=-500, le=9000, description="Metres above sea level."
+    )
+    antenna: str = Field(default="", title="Antenna", description="Antenna description.")
+    min_frequency_hz: float = Field(
+        default=10e3,
+        title="Lowest RF frequency (Hz)",
+        gt=0,
+        description="Lowest tunable RF frequency.",
+    )
+    max_frequency_hz: float = Field(
+        default=30e6,
+        title="Highest RF frequency (Hz)",
+        gt=0,
+        description="Highest tunable RF frequency.",
+    )
+    freq_offset_khz: float = Field(
+        default=0.0,
+        title="Down-converter offset (kHz)",
+        description="Down-converter offset: KiwiSDR dial = RF - offset (kHz).",
+    )
+    gain_db: float = Field(
+        default=50.0,
+        title="Manual gain (dB)",
+        ge=0,
+        le=120,
+        description="Fixed manual gain (manGain).",
+    )
+    enabled: bool = Field(
+        default=True, title="Enabled", description="Disabled receivers are never captured."
+    )
+    tags: list[str] = Field(
+        default_factory=list, title="Tags", description="Groups to select receivers by."
+    )
 
     @field_validator("url")
     @classmethod
