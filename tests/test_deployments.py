@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
+from prefect_server import PREFECT, prefect_server
 
 from tasks.plan import validate_request
 
@@ -35,21 +36,10 @@ def test_bad_parameter_is_rejected_by_the_flow_signature() -> None:
         flow.validate_parameters({"network": "carrier-pigeon"})
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.flow
 def test_deploy_all_and_run_on_a_process_worker(tmp_path: Path) -> None:
     """The UI path for real: a Prefect server, `deploy --all`, a run, a process worker."""
-    import os
     import subprocess
-    import sys
-    import time
 
     import httpx
     from sqlalchemy import text
@@ -57,40 +47,20 @@ def test_deploy_all_and_run_on_a_process_worker(tmp_path: Path) -> None:
     from blocks.database import sqlite_engine
     from tasks.records import measurements_for
 
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-    }
-    server = subprocess.Popen(
-        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with prefect_server(tmp_path / "prefect-home") as env:
 
-    def cli(*args: str, timeout: float = 180) -> str:
-        done = subprocess.run(
-            [prefect, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
-        )
-        assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
+        def cli(*args: str, timeout: float = 180) -> str:
+            done = subprocess.run(
+                [PREFECT, *args],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+            return done.stdout
 
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("prefect server did not start within 90 s")
         cli("work-pool", "create", "rf-acquisition", "--type", "process")
         # Same deployments with every schedule paused, so the run-once worker can only
         # pick up the run this test starts.
@@ -116,9 +86,6 @@ def test_deploy_all_and_run_on_a_process_worker(tmp_path: Path) -> None:
         runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}, timeout=10)
         states = [r["state"]["type"] for r in runs.json()]
         assert states == ["COMPLETED"], states
-    finally:
-        server.terminate()
-        server.wait(30)
     engine = sqlite_engine(data_dir / "rf_acquisition.db")
     with engine.connect() as conn:
         ids = conn.execute(text("SELECT id FROM acquisitions")).scalars().all()
