@@ -42,6 +42,7 @@ from tasks.kiwisdr.errors import (
 )
 from tasks.kiwisdr.simulator import Faults, SimulatedNetwork, SimulatedReceiver
 from tasks.kiwisdr.status import fetch_status
+from tasks.timing import NS_PER_S, datetime_to_ns, ns_to_datetime
 
 RF_HZ = 145.5e6  # the 2 m emitter; behind a 116 MHz down-converter the Kiwi dials 29500 kHz
 OFFSET_KHZ = 116000.0
@@ -130,14 +131,12 @@ def grab(
     )
 
 
-def first_sample_index(net: SimulatedNetwork, cap: Capture) -> int:
-    """Absolute sample index of the first captured frame, from its GPS seconds of week."""
-    epoch_sow = net.epoch_gps_s % codec.SECONDS_PER_WEEK
-    rel = (cap.frame_gps_s[0] - epoch_sow) % codec.SECONDS_PER_WEEK
-    exact = rel * cap.sample_rate
+def first_sample_index(net: SimulatedNetwork, cap: Capture, name: str | None = None) -> int:
+    """Absolute sample index of the capture's sample 0, from its fitted timing model."""
+    assert cap.timing is not None and cap.first_sample_ns is not None
+    exact = net.sample_index_at(name or cap.receiver, cap.first_sample_ns)
     index = round(exact)
-    assert abs(exact - index) < 0.01, "frame time is not on the sample grid"
-    assert index % N == 0, f"first sample index {index} is not a multiple of {N}"
+    assert abs(exact - index) < 0.01, "sample 0 is not on the simulator's sample grid"
     return index
 
 
@@ -156,25 +155,21 @@ def assert_bit_exact(
     *,
     passband: tuple[float, float] = PASSBAND,
 ) -> int:
-    """Every frame equals the simulator's regeneration; gaps are zeros. Returns index 0."""
-    index0 = first_sample_index(net, cap)
+    """Every sample equals the simulator's regeneration; gaps are zeros. Returns index 0."""
+    index0 = first_sample_index(net, cap, name)
     got = as_int16(cap.samples)
     assert got.shape == (cap.frames_expected * N, 2)
-    missing = {start // N + k for start, count in cap.gaps for k in range(count // N)}
-    for k in range(cap.frames_expected):
-        frame = got[k * N : (k + 1) * N]
-        if k in missing:
-            assert not frame.any(), f"lost frame {k} is not zero-filled"
-            continue
-        expected, _ = net.frame_iq(name, index0 + k * N, rf_hz, passband)
-        np.testing.assert_array_equal(frame, expected, err_msg=f"{name} frame {k}")
+    expected = net.samples_iq(name, index0, got.shape[0], rf_hz, passband).copy()
+    for start, count in cap.gaps:
+        assert not got[start : start + count].any(), f"gap at {start} is not zero-filled"
+        expected[start : start + count] = 0
+    np.testing.assert_array_equal(got, expected, err_msg=name)
     return index0
 
 
-def sim_utc(net: SimulatedNetwork, index: int, fs: float) -> datetime:
-    """The simulator's time of absolute sample ``index``: GPS epoch + index / fs, as UTC."""
-    gps_s = net.epoch_gps_s + index / fs
-    return codec.GPS_EPOCH + timedelta(seconds=gps_s - codec.GPS_UTC_LEAP_SECONDS)
+def sim_utc(net: SimulatedNetwork, name: str, index: int) -> datetime:
+    """The simulator's time of absolute sample ``index`` as a UTC datetime (to the us)."""
+    return ns_to_datetime(net.sample_utc_ns(name, index))
 
 
 def whole_second_ahead(seconds: float = 1.0) -> datetime:
@@ -238,7 +233,10 @@ def test_samples_are_bit_exact(
     assert cap.gps_fix and not cap.little_endian
     assert cap.adc_overflow_frames == 0
     np.testing.assert_array_equal(cap.frame_seq, np.arange(1, cap.frames_expected + 1))
-    np.testing.assert_allclose(np.diff(cap.frame_gps_s), N / rx.sample_rate, atol=2e-6)
+    assert cap.timing is not None and cap.timing.gps
+    assert cap.timing.sample_rate_hz == pytest.approx(rx.true_sample_rate, abs=0.01)
+    assert cap.timing.residual_ns < 1000
+    assert cap.stamps[0].gpssec == 0 and cap.stamps[0].gpsnsec == 0  # as real Kiwis send
     index0 = assert_bit_exact(network, name, cap, rf_hz)
     assert index0 > 0
     if name == "hf":  # the 2 m carrier cannot leak into an HF passband: noise only
@@ -251,8 +249,9 @@ def test_samples_are_bit_exact(
 def test_first_sample_time_matches_simulator(network: SimulatedNetwork) -> None:
     cap = grab(network, "alpha")
     index0 = first_sample_index(network, cap)
-    truth = sim_utc(network, index0, cap.sample_rate)
-    assert abs((cap.start_utc - truth).total_seconds()) < 1e-3
+    truth_ns = network.sample_utc_ns("alpha", index0)
+    assert cap.first_sample_ns is not None and abs(cap.first_sample_ns - truth_ns) <= 100
+    assert cap.start_utc == ns_to_datetime(cap.first_sample_ns)
     assert cap.start_utc.tzinfo is not None
     # And it is "now": the capture just happened.
     assert abs((datetime.now(UTC) - cap.start_utc).total_seconds()) < 5
@@ -262,12 +261,12 @@ def test_start_at_aligns_first_sample(network: SimulatedNetwork) -> None:
     start_at = whole_second_ahead(1.0)
     cap = grab(network, "bravo", settings(start_at=start_at), password=PASSWORD)
     index0 = assert_bit_exact(network, "bravo", cap, RF_HZ)
-    truth = sim_utc(network, index0, cap.sample_rate)
-    frame_s = N / cap.sample_rate
-    lag = (truth - start_at).total_seconds()
-    assert 0.0 <= lag < frame_s + 1e-6
-    assert abs((cap.start_utc - truth).total_seconds()) < 1e-3
-    assert -1e-6 <= (cap.start_utc - start_at).total_seconds() < frame_s + 1e-6
+    truth_ns = network.sample_utc_ns("bravo", index0)
+    period_ns = NS_PER_S / network.receivers["bravo"].true_sample_rate
+    # Sample 0 is the first sample at or after the instant: within one sample period.
+    assert 0 <= truth_ns - datetime_to_ns(start_at) < period_ns
+    assert cap.first_sample_ns is not None and abs(cap.first_sample_ns - truth_ns) <= 100
+    assert cap.start_offset_ns is not None and -100 <= cap.start_offset_ns < period_ns + 100
 
 
 # --- 3. handshake and keepalive -----------------------------------------------------------
@@ -392,22 +391,25 @@ def test_lost_frames_are_zero_filled_gaps(network: SimulatedNetwork) -> None:
     assert not cap.samples[2 * N : 4 * N].any()
     np.testing.assert_array_equal(cap.frame_seq, [1, 2, 5, 6, 7, 8, 9, 10][: cap.frames_received])
     assert cap.smeter.size == cap.frame_gps_s.size == 6
-    # The time axis stays true: frame 4 is four frames after frame 0.
-    assert cap.frame_gps_s[2] - cap.frame_gps_s[0] == pytest.approx(4 * N / 12001.412, abs=2e-6)
+    # The time axis stays true: frame 4 is three frames after frame 1 (frame 0 is 0/0).
+    assert cap.frame_gps_s[2] - cap.frame_gps_s[1] == pytest.approx(3 * N / 12001.412, abs=2e-9)
     assert_bit_exact(network, "lossy", cap, RF_HZ)
     # Per-frame timing as the recording keeps it: positions skip the gap, and each frame's
     # GPS offset is its position over the true rate (to the nanosecond rounding).
     timing = cap.frame_timing()
     assert timing["frame_sample_start"] == [0, N, 4 * N, 5 * N, 6 * N, 7 * N]
-    expected = [k / 12001.412 for k in timing["frame_sample_start"]]
-    assert timing["frame_gps_offset_s"] == pytest.approx(expected, abs=2e-6)
+    assert timing["frame_gps_offset_s"][0] is None  # the 0/0 first frame
+    expected = [k / 12001.412 for k in timing["frame_sample_start"][1:]]
+    assert timing["frame_gps_offset_s"][1:] == pytest.approx(expected, abs=2e-9)
     assert timing["gps_fix"] is True
-    assert timing["first_frame_gps_seconds_of_week"] == pytest.approx(cap.frame_gps_s[0], abs=1e-9)
+    assert timing["first_frame_gps_seconds_of_week"] == pytest.approx(cap.frame_gps_s[1], abs=1e-9)
 
 
 def test_no_gps_clears_fix(network: SimulatedNetwork) -> None:
     cap = grab(network, "nogps")
     assert not cap.gps_fix
+    assert cap.timing is not None and not cap.timing.locked
+    assert "no_gps" in cap.timing.flags and "host_clock" in cap.timing.flags
     assert cap.frames_received == cap.frames_expected
     # Host-clock estimate of the start: recent, though not GPS-accurate.
     assert abs((datetime.now(UTC) - cap.start_utc).total_seconds()) < 5
@@ -596,6 +598,7 @@ def test_tdoa_between_two_receivers(tdoa_network: SimulatedNetwork) -> None:
     # Same start instant, same sample grid: the very same frames in GPS time.
     np.testing.assert_array_equal(near.frame_gps_s, far.frame_gps_s)
     assert first_sample_index(net, near) == first_sample_index(net, far)
+    assert near.first_sample_ns == far.first_sample_ns
     assert near.start_utc == far.start_utc >= start_at
     for name, cap in (("near", near), ("far", far)):
         assert cap.adc_overflow_frames == 0 and cap.lost_frames == 0
