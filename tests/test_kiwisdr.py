@@ -31,6 +31,7 @@ from tasks.kiwisdr.emitter import Emitter
 from tasks.kiwisdr.errors import (
     AuthenticationFailed,
     FrequencyOutOfRange,
+    GpsUnusable,
     KiwiSDRError,
     ProtocolError,
     ReceiverBusy,
@@ -38,10 +39,11 @@ from tasks.kiwisdr.errors import (
     ReceiverUnreachable,
     StreamDropped,
     StreamStalled,
+    bad_password_error,
     is_transient,
 )
 from tasks.kiwisdr.simulator import Faults, SimulatedNetwork, SimulatedReceiver
-from tasks.kiwisdr.status import fetch_status
+from tasks.kiwisdr.status import fetch_status, require_gps
 from tasks.timing import NS_PER_S, datetime_to_ns, ns_to_datetime
 
 RF_HZ = 145.5e6  # the 2 m emitter; behind a 116 MHz down-converter the Kiwi dials 29500 kHz
@@ -165,11 +167,6 @@ def assert_bit_exact(
         expected[start : start + count] = 0
     np.testing.assert_array_equal(got, expected, err_msg=name)
     return index0
-
-
-def sim_utc(net: SimulatedNetwork, name: str, index: int) -> datetime:
-    """The simulator's time of absolute sample ``index`` as a UTC datetime (to the us)."""
-    return ns_to_datetime(net.sample_utc_ns(name, index))
 
 
 def whole_second_ahead(seconds: float = 1.0) -> datetime:
@@ -650,3 +647,163 @@ def test_password_is_not_sent_to_another_host_on_redirect() -> None:
                     capture_iq(net.url("other-host"), s, receiver="other-host",
                                password=PASSWORD, freq_offset_khz=OFFSET_KHZ)
                 )  # fmt: skip
+
+
+# --- timing defects of real KiwiSDRs (issue 9) --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def defects_network() -> Iterator[SimulatedNetwork]:
+    """Receivers with every timing defect real KiwiSDRs show, each at its own true rate."""
+    emitter = Emitter(45.0, 7.5, 200, 10.1e6, eirp_dbm=20.0, modulation="bpsk", symbol_rate=2400)
+    hf = {"freq_offset_khz": 0.0, "gps_fix_interval_s": 1.2}
+    receivers = [
+        _rx("clean", 45.05, 7.52, sample_rate=12000.0, clock_ppm=86.0, **hf),  # 12001.032 Hz
+        _rx("fast", 43.0, 8.6, sample_rate=12000.0, clock_ppm=100.0, **hf),  # 12001.200 Hz
+        _rx("stale", 45.2, 7.6, sample_rate=12001.07, faults=Faults(stale_first_s=240.0), **hf),
+        _rx(
+            "outlier",
+            45.3,
+            7.7,
+            sample_rate=12001.11,
+            faults=Faults(outlier_stamps=((3, -5 * 3600.0), (9, 0.002))),
+            **hf,
+        ),
+        _rx("stamps-off", 45.4, 7.8, faults=Faults(timestamps_off=True), **hf),
+        _rx("starting", 45.4, 7.8, faults=Faults(badp=2), **hf),
+        _rx("updating", 45.4, 7.8, faults=Faults(badp=6), **hf),
+        _rx("admin-ip", 45.4, 7.8, faults=Faults(badp=3), **hf),
+    ]
+    with SimulatedNetwork(receivers, emitter, seed=17) as net:
+        yield net
+
+
+F_HF = 10.1e6
+
+
+def check_timing(net: SimulatedNetwork, name: str, cap: Capture) -> None:
+    """The fitted model against the simulator's exact truth (issue 9 tolerances)."""
+    m = cap.timing
+    assert m is not None and m.gps
+    index0 = first_sample_index(net, cap, name)
+    assert abs(m.t0_ns - net.sample_utc_ns(name, index0)) <= 100
+    assert m.sample_rate_hz == pytest.approx(net.receivers[name].true_sample_rate, abs=0.01)
+    assert m.residual_ns is not None and m.residual_ns < 1000
+    assert_bit_exact(net, name, cap, F_HF)
+
+
+def test_true_rate_from_clock_ppm(defects_network: SimulatedNetwork) -> None:
+    assert defects_network.receivers["clean"].true_sample_rate == 12001.032
+    assert defects_network.receivers["fast"].true_sample_rate == 12001.2
+    cap = grab(defects_network, "fast", settings(F_HF, 1.0))
+    assert cap.sample_rate == 12001.2  # the announced rate is the true one
+    check_timing(defects_network, "fast", cap)
+
+
+def test_stamps_are_exact_to_the_nanosecond(defects_network: SimulatedNetwork) -> None:
+    cap = grab(defects_network, "clean", settings(F_HF, 0.5))
+    net = defects_network
+    index0 = first_sample_index(net, cap, "clean")
+    for st in cap.stamps[1:]:
+        gps_ns = net.sample_gps_ns("clean", index0 + st.sample_index)
+        assert (st.gpssec, st.gpsnsec) == (
+            gps_ns // NS_PER_S % codec.SECONDS_PER_WEEK,
+            gps_ns % NS_PER_S,
+        )
+    check_timing(net, "clean", cap)
+
+
+def test_stale_first_stamp_is_not_the_start(defects_network: SimulatedNetwork) -> None:
+    cap = grab(defects_network, "stale", settings(F_HF, 0.5))
+    assert cap.stamps[0].gpssec != 0  # the first stamp is there, but minutes old
+    check_timing(defects_network, "stale", cap)
+    assert "first_frame_dropped" in cap.timing.flags  # type: ignore[union-attr]
+    assert cap.timing.outliers == 0  # type: ignore[union-attr]
+
+
+def test_outlier_stamps_marked_fresh_are_dropped(defects_network: SimulatedNetwork) -> None:
+    cap = grab(defects_network, "outlier", settings(F_HF, 1.0))
+    assert cap.stamps[3].last_gps_solution == 0
+    check_timing(defects_network, "outlier", cap)
+    assert cap.timing.outliers == 2  # type: ignore[union-attr]
+    assert "far_from_host" in cap.timing.flags  # type: ignore[union-attr]
+
+
+def test_fresh_fixes_counted(defects_network: SimulatedNetwork) -> None:
+    cap = grab(defects_network, "clean", settings(F_HF, 3.0))
+    m = cap.timing
+    assert m is not None
+    # A fix every 1.2 s over ~3 s: two or three fresh stamps, so the clock is locked.
+    assert 2 <= m.fixes <= 3 and m.locked
+    assert m.row_fields()["gps_locked"] is True
+
+
+def test_timestamps_off_falls_back_to_host_clock(defects_network: SimulatedNetwork) -> None:
+    start_at = whole_second_ahead(0.5)
+    cap = grab(defects_network, "stamps-off", settings(F_HF, 0.3, start_at=start_at))
+    assert not cap.gps_fix
+    m = cap.timing
+    assert m is not None and not m.locked and "no_gps_stamps" in m.flags
+    # Host clock: near the instant, but no GPS accuracy is claimed.
+    assert cap.start_offset_ns is not None and abs(cap.start_offset_ns) < 0.5 * NS_PER_S
+    status = asyncio.run(fetch_status(defects_network.url("stamps-off")))
+    assert status.tdoa_ch == -1 and status.gps_timestamps_off
+    with pytest.raises(GpsUnusable, match="tdoa_ch=-1") as info:
+        require_gps(status, receiver="stamps-off")
+    assert not is_transient(info.value)
+
+
+def test_status_gps_fields(defects_network: SimulatedNetwork, network: SimulatedNetwork) -> None:
+    status = asyncio.run(fetch_status(defects_network.url("clean")))
+    assert status.gps_good == 9 and status.fixes_min == 50 and status.tdoa_ch is not None
+    assert status.tdoa_ch >= 0 and status.tdoa_problem() is None
+    require_gps(status)
+    nogps = asyncio.run(fetch_status(network.url("nogps")))
+    assert nogps.tdoa_problem() is not None and nogps.tdoa_ch == -1
+
+
+@pytest.mark.parametrize(
+    ("name", "transient", "reason"),
+    [
+        ("starting", True, "server still starting"),
+        ("updating", True, "database update in progress"),
+        ("admin-ip", False, "admin connection not allowed from this IP"),
+    ],
+)
+def test_badp_reason_codes(
+    defects_network: SimulatedNetwork, name: str, transient: bool, reason: str
+) -> None:
+    with pytest.raises(KiwiSDRError, match=reason) as info:
+        grab(defects_network, name, settings(F_HF))
+    assert is_transient(info.value) is transient
+    assert f"badp={defects_network.receivers[name].faults.badp}" in str(info.value)
+
+
+@pytest.mark.parametrize("code", [1, 2, 3, 4, 5, 6, 7, "x"])
+def test_badp_codes_classified(code: object) -> None:
+    exc = bad_password_error(code, receiver="rx")  # type: ignore[arg-type]
+    assert is_transient(exc) is (code in (2, 6))
+    assert f"badp={code}" in str(exc) and str(exc).startswith("rx: ")
+
+
+def test_two_receivers_aligned_to_one_sample(defects_network: SimulatedNetwork) -> None:
+    """Different true rates, an integer-ns instant: both first samples within one period."""
+    net = defects_network
+    start_ns = datetime_to_ns(whole_second_ahead(0.5)) + 123_456_789
+    s = settings(F_HF, 1.0, start_at=start_ns)
+
+    async def both() -> list[Capture]:
+        return await asyncio.gather(
+            *(capture_iq(net.url(n), s, receiver=n) for n in ("clean", "fast"))
+        )
+
+    caps = asyncio.run(both())
+    firsts = []
+    for name, cap in zip(("clean", "fast"), caps, strict=True):
+        check_timing(net, name, cap)
+        period = NS_PER_S / net.receivers[name].true_sample_rate
+        truth = net.sample_utc_ns(name, first_sample_index(net, cap, name))
+        assert 0 <= truth - start_ns < period  # the first sample at/after the instant
+        assert cap.start_offset_ns is not None and -100 <= cap.start_offset_ns < period + 100
+        firsts.append(truth)
+    assert abs(firsts[0] - firsts[1]) < NS_PER_S / 12001.0
