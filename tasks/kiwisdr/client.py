@@ -148,18 +148,25 @@ class Capture:
         return None if self.timing is None else self.timing.t0_ns
 
     def frame_timing(self) -> dict[str, Any]:
-        """Where each received frame starts in ``samples`` and its GPS time relative to
-        sample 0 (s; None for frames without a stamp): the raw material behind the timing
-        model, kept so a later reader can refit or audit it."""
-        keep = [st for st in self.stamps if 0 <= st.sample_index < self.samples.size]
+        """Where each GPS-stamped frame starts in ``samples`` and its stamp relative to
+        sample 0 (s): the raw material behind the timing model, kept so a reader can
+        audit or refit it. Frames without a stamp (0/0, no GPS clock) are left out."""
         t0 = self.timing.t0_ns if self.timing is not None else None
-        rel: list[float | None] = []
-        for st in keep:
-            if t0 is None or (st.gpssec == 0 and st.gpsnsec == 0) or st.last_gps_solution == 255:
-                rel.append(None)
-            else:
-                rel.append(round((gps_stamp_to_utc_ns(st.gpssec, st.gpsnsec, t0) - t0) / 1e9, 9))
-        first = next((st for st in keep if st.gpssec or st.gpsnsec), None)
+        keep = [
+            st
+            for st in self.stamps
+            if 0 <= st.sample_index < self.samples.size
+            and (st.gpssec or st.gpsnsec)
+            and st.last_gps_solution != codec.NO_GPS
+        ]
+        first = keep[0] if keep else None
+        rel = []
+        if t0 is not None:
+            rel = [
+                round((gps_stamp_to_utc_ns(st.gpssec, st.gpsnsec, t0) - t0) / 1e9, 9) for st in keep
+            ]
+        else:
+            keep = []
         week, _, _ = codec.utc_to_gps(self.start_utc)
         return {
             "gps_fix": self.gps_fix,
