@@ -102,7 +102,8 @@ def row_from_metadata(meta: dict[str, Any], object_key: str | None = None) -> di
     g, capture = meta["global"], meta["captures"][0]
     ns = f"{EXTENSION}:"
     measured = g.get(ns + "measurements", {})
-    lon, lat, alt = (g.get("core:geolocation") or {}).get("coordinates", [None, None, None])
+    coords = (g.get("core:geolocation") or {}).get("coordinates") or []
+    lon, lat, alt = [*coords, None, None, None][:3]  # altitude is optional
     return {
         "time": datetime.fromisoformat(capture["core:datetime"].replace("Z", "+00:00")),
         "acquisition_id": g[ns + "acquisition_id"],
