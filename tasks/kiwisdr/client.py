@@ -482,7 +482,12 @@ class _FrameCollector:
         self.iq: dict[int, np.ndarray] = {}  # frame number -> complex64 samples
         self.meta: dict[int, tuple[int, bool]] = {}  # frame number -> (smeter, overflow)
         self.stamps: list[FrameStamp] = []
-        self.host_ns: list[int] = []  # host clock at each frame's arrival
+        # Host clock's idea of the time of sample 0, from each frame's arrival.
+        self.host_refs: list[int] = []
+        self._host_cache: int | None = None
+        self.no_gps_frames = 0
+        self.stamped_frames = 0  # non-empty stamps after the first frame
+        self.prune_next = 0
         self.seqs: list[int] = []
         self.last_seq = first_seq - 1
         self.anchor: tuple[int, int] | None = None  # (sample index, UTC ns) trusted so far
@@ -505,7 +510,11 @@ class _FrameCollector:
         self.meta[k] = (frame.smeter, frame.adc_overflow)
         stamp = FrameStamp(index, frame.gpssec, frame.gpsnsec, frame.last_gps_solution)
         self.stamps.append(stamp)
-        self.host_ns.append(host_ns)
+        self.host_refs.append(
+            host_ns - round((index + codec.SAMPLES_PER_FRAME) * self.ns_per_sample)
+        )
+        self.no_gps_frames += frame.last_gps_solution == codec.NO_GPS
+        self.stamped_frames += bool(k and (frame.gpssec or frame.gpsnsec))
         if self.start_ns is None:
             return k >= self.frames_needed - 1
         self._update_anchor(stamp, k, host_ns)
@@ -513,8 +522,9 @@ class _FrameCollector:
         if start is None:
             return False
         self.started = self.started or index + codec.SAMPLES_PER_FRAME > start
-        for old in [j for j in self.iq if (j + _KEEP_BEFORE_START_FRAMES) * 512 < start]:
-            del self.iq[old]
+        while (self.prune_next + _KEEP_BEFORE_START_FRAMES) * 512 < start:
+            self.iq.pop(self.prune_next, None)
+            self.prune_next += 1
         if index + codec.SAMPLES_PER_FRAME < start + self.n_out + codec.SAMPLES_PER_FRAME:
             return False
         # The provisional clock says the window is complete: the fit has the last word.
@@ -541,26 +551,24 @@ class _FrameCollector:
         if self.anchor is not None:
             i, t = self.anchor
             return i + math.ceil((self.start_ns - t) / self.ns_per_sample)
-        if all(st.last_gps_solution == codec.NO_GPS for st in self.stamps) or (
-            len(self.stamps) > 3 and not any(st.gpssec or st.gpsnsec for st in self.stamps[1:])
+        if self.no_gps_frames == len(self.stamps) or (
+            len(self.stamps) > 3 and self.stamped_frames == 0
         ):
             # No GPS clock, or GPS timestamps turned off: the host clock is all there is.
-            return self._first_index(self._host_model())
+            n = len(self.host_refs)
+            if self._host_cache is None or n & (n - 1) == 0 or n % 64 == 0:
+                self._host_cache = self._host_ref_ns()
+            model = host_clock_model(self._host_cache, self.sample_rate)
+            return self._first_index(model)
         return None
 
     def _host_ref_ns(self) -> int:
         """Host clock's UTC of sample 0: a frame leaves the receiver once its last sample
         is taken, so arrival minus the frame's end; the median rides out network jitter."""
-        refs = [
-            h - round((st.sample_index + codec.SAMPLES_PER_FRAME) * self.ns_per_sample)
-            for st, h in zip(self.stamps, self.host_ns, strict=True)
-        ]
-        return int(np.median(np.asarray(refs, dtype=np.int64)))
+        return int(np.median(np.asarray(self.host_refs, dtype=np.int64)))
 
     def _host_model(self) -> TimingModel:
-        flags = (
-            ["no_gps"] if all(st.last_gps_solution == codec.NO_GPS for st in self.stamps) else []
-        )
+        flags = ["no_gps"] if self.no_gps_frames == len(self.stamps) else []
         return host_clock_model(
             self._host_ref_ns(), self.sample_rate, frames=len(self.stamps), flags=flags
         )
@@ -569,7 +577,7 @@ class _FrameCollector:
         model = fit_timing(
             self.stamps, nominal_rate_hz=self.sample_rate, host_ref_ns=self._host_ref_ns()
         )
-        if not model.gps and all(st.last_gps_solution == codec.NO_GPS for st in self.stamps):
+        if not model.gps and self.no_gps_frames == len(self.stamps):
             return self._host_model()
         return model
 
