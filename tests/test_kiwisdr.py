@@ -807,3 +807,21 @@ def test_two_receivers_aligned_to_one_sample(defects_network: SimulatedNetwork) 
         assert cap.start_offset_ns is not None and -100 <= cap.start_offset_ns < period + 100
         firsts.append(truth)
     assert abs(firsts[0] - firsts[1]) < NS_PER_S / 12001.0
+
+
+def test_instant_already_passed_reports_lateness(defects_network: SimulatedNetwork) -> None:
+    """An instant before the session's first frame: capture from the first frame on, and
+    say how late sample 0 is instead of pretending to be aligned."""
+    start_ns = time.time_ns() - 2 * NS_PER_S
+    cap = grab(defects_network, "clean", settings(F_HF, 0.3, start_at=start_ns))
+    check_timing(defects_network, "clean", cap)
+    assert cap.start_offset_ns is not None and cap.start_offset_ns > 1.5 * NS_PER_S
+    assert cap.first_sample_ns == start_ns + cap.start_offset_ns
+
+
+def test_start_at_must_be_datetime_or_ns() -> None:
+    with pytest.raises(ValueError, match="start_at"):
+        settings(start_at=1.5e18)
+    assert settings(start_at=datetime(2026, 1, 1, tzinfo=UTC)).start_at_ns == (
+        1_767_225_600 * NS_PER_S
+    )
