@@ -26,14 +26,14 @@ class ReceiverStatus:
     offline: bool
     gps_good: int
     fixes: int
-    fixes_min: int | None
-    tdoa_ch: int | None
     latitude: float | None
     longitude: float | None
     altitude_m: float | None
     antenna: str
     version: str
     raw: dict[str, str]
+    fixes_min: int | None = None  # GPS fixes in the last minute
+    tdoa_ch: int | None = None  # -1: the operator turned GPS timestamps off
 
     @property
     def full(self) -> bool:
