@@ -94,8 +94,9 @@ class SimulatedReceiver:
     # Sample-clock error relative to ``sample_rate`` (ppm): the true rate is announced,
     # stamped and sampled consistently, as a GPS-disciplined KiwiSDR does.
     clock_ppm: float = 0.0
-    # A fresh GPS fix this often (last_gps_solution counts whole seconds since one).
-    gps_fix_interval_s: float = 1.5
+    # A fresh GPS fix this often (last_gps_solution counts whole seconds since one, so
+    # a fix is only visible as a decrease when the interval exceeds 1 s).
+    gps_fix_interval_s: float = 1.1
 
     @property
     def true_sample_rate(self) -> float:
