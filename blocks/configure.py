@@ -31,7 +31,8 @@ def save_from_env(env: dict[str, str], name: str = DEFAULT_BLOCK_NAME) -> list[s
         ValueError: a setting is malformed (e.g. RF_PG_PORT); nothing is saved.
     """
     from blocks.database import timescaledb_from_env
-    from blocks.storage import ensure_bucket, minio_bucket_from_env
+    from blocks.storage import minio_bucket_from_env
+    from tasks.bucket import ensure_bucket  # bucket administration: the one import of tasks/
 
     # Both built before either is saved: a bad value (ValueError) saves nothing.
     bucket = db = None

@@ -6,14 +6,12 @@ engine URL is rendered with it hidden, so neither logs nor errors can leak it.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
-from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy import URL, Engine, create_engine, event
 
 
 class TimescaleDBConnection(Block):
@@ -97,64 +95,3 @@ def timescaledb_from_env(env: dict[str, str]) -> TimescaleDBConnection:
         password=env.get("RF_PG_PASSWORD") or None,
         sslmode=env.get("RF_PG_SSLMODE", "prefer"),  # type: ignore[arg-type]
     )
-
-
-@dataclass(frozen=True)
-class DatabaseHealth:
-    """What :func:`check_database` found. The TimescaleDB fields are None on SQLite, or
-    when the extension is not installed in the database."""
-
-    ok: bool
-    dialect: str
-    latency_ms: float | None = None
-    timescaledb_version: str | None = None
-    timescaledb_license: str | None = None  # "apache" or "timescale"
-    error: str | None = None
-
-    @property
-    def summary(self) -> str:
-        if not self.ok:
-            return f"failed: {self.error}"
-        extra = ""
-        if self.timescaledb_version:
-            extra = f", timescaledb {self.timescaledb_version} ({self.timescaledb_license})"
-        return f"ok ({self.dialect}{extra}, {self.latency_ms:.0f} ms)"
-
-
-def check_database(engine: Engine) -> DatabaseHealth:
-    """Can we connect and query? ``SELECT 1`` (timed), and on PostgreSQL the TimescaleDB
-    extension version and license. Never raises for a database fault; the error text
-    never contains the password.
-
-    Example:
-        >>> check_database(sqlite_engine("/tmp/rf-example.db")).ok
-        True
-    """
-    dialect = engine.dialect.name
-    try:
-        with engine.connect() as conn:
-            t0 = time.perf_counter()
-            conn.execute(text("SELECT 1")).scalar_one()
-            latency_ms = (time.perf_counter() - t0) * 1e3
-            version = license_ = None
-            if dialect == "postgresql":
-                version = conn.execute(
-                    text("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
-                ).scalar()
-                if version:
-                    license_ = conn.execute(
-                        text("SELECT current_setting('timescaledb.license', true)")
-                    ).scalar()
-    except Exception as exc:
-        return DatabaseHealth(False, dialect, error=_reason(exc, engine))
-    return DatabaseHealth(True, dialect, latency_ms, version, license_)
-
-
-def _reason(exc: Exception, engine: Engine) -> str:
-    # The DBAPI error on one line: SQLAlchemy's own text adds the SQL and a link.
-    cause = getattr(exc, "orig", None) or exc
-    reason = f"{type(cause).__name__}: {' '.join(str(cause).split())}"
-    password = engine.url.password
-    if password:
-        reason = reason.replace(str(password), "***")
-    return reason

@@ -31,7 +31,9 @@ from typing import Any
 from prefect.filesystems import LocalFileSystem
 from sqlalchemy import Connection, Engine, select, update
 
-from blocks.storage import MissingObjectError, describe, local_storage, object_store
+from blocks.storage import describe, local_storage
+from tasks.errors import MissingObjectError
+from tasks.objectstore import object_store
 from tasks.process import row_from_metadata
 from tasks.recording import IntegrityError, Recording, read_recording
 from tasks.records import (

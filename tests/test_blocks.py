@@ -166,7 +166,7 @@ def test_from_env_reports_a_bad_port_and_saves_nothing(
     monkeypatch.setattr(
         "prefect.blocks.core.Block.save", lambda self, name, **kw: saved.append(name)
     )
-    monkeypatch.setattr("blocks.storage.ensure_bucket", lambda bucket: False)
+    monkeypatch.setattr("tasks.bucket.ensure_bucket", lambda bucket: False)
     s3 = {
         "RF_S3_ENDPOINT": "http://127.0.0.1:1",
         "RF_S3_ACCESS_KEY": "AK",
