@@ -52,7 +52,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from tasks.records import Acquisition, Measurement, has_timescaledb
+from tasks.records.models import Acquisition, Measurement
+from tasks.records.schema import has_timescaledb
 
 M = Measurement.__table__
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -47,8 +47,10 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, Opera
 
 import tasks.queries
 import tasks.records
+import tasks.records.write
 from blocks.database import sqlite_engine, timescaledb_from_env
 from flows.maintenance import retention
+from tasks.errors import RedactedError
 from tasks.migrations import (
     MigrationError,
     current_revision,
@@ -575,8 +577,8 @@ def test_only_connection_class_errors_are_transient(
         tail = tail.__cause__ or tail.__context__
     tail.__context__ = RuntimeError("while connecting with s3cret-Pa55")
     engine = create_engine("postgresql+psycopg://rf:s3cret-Pa55@127.0.0.1:1/rf")
-    clean = tasks.records._secret_free(engine, exc)
-    assert isinstance(clean, ConnectionError) and "s3cret-Pa55" not in str(clean)
+    clean = tasks.records.write.password_free(engine, exc)
+    assert isinstance(clean, RedactedError) and "s3cret-Pa55" not in str(clean)
     assert is_transient_db_error(clean) is transient
 
 
@@ -749,10 +751,10 @@ def test_an_error_holding_the_password_is_replaced() -> None:
     try:
         raise RuntimeError("server said: bad password s3cret-Pa55")
     except RuntimeError as exc:
-        clean = tasks.records._secret_free(engine, exc)
-    assert isinstance(clean, ConnectionError)
+        clean = tasks.records.write.password_free(engine, exc)
+    assert isinstance(clean, RedactedError)
     assert "s3cret-Pa55" not in str(clean) and "***" in str(clean)
-    assert tasks.records._secret_free(engine, RuntimeError("connection refused")) is None
+    assert tasks.records.write.password_free(engine, RuntimeError("connection refused")) is None
 
 
 @pytest.mark.integration
