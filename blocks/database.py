@@ -1,17 +1,23 @@
 """Database connection configuration: the ``TimescaleDB Connection`` block and SQLite.
 
+The ``RF_PG_*`` settings are :class:`blocks.settings.PostgresSettings`; the health probe is
+:func:`tasks.health.check_database`.
+
 The block builds the SQLAlchemy engine; the password lives in a ``SecretStr`` and the
 engine URL is rendered with it hidden, so neither logs nor errors can leak it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 from sqlalchemy import URL, Engine, create_engine, event
+
+from blocks.settings import PostgresSettings
 
 
 class TimescaleDBConnection(Block):
@@ -69,29 +75,27 @@ def sqlite_engine(path: str | Path) -> Engine:
     return engine
 
 
-PG_ENV = ("RF_PG_HOST", "RF_PG_PORT", "RF_PG_DATABASE", "RF_PG_USER")
+PG_ENV = PostgresSettings.required_variables()  # RF_PG_HOST, _PORT, _DATABASE, _USER
 
 
-def timescaledb_from_env(env: dict[str, str]) -> TimescaleDBConnection:
-    """Build the connection block from ``RF_PG_*`` variables (password and sslmode optional).
+def timescaledb_from_settings(settings: PostgresSettings) -> TimescaleDBConnection:
+    """The connection block the ``RF_PG_*`` settings describe."""
+    return TimescaleDBConnection(
+        host=settings.host,
+        port=settings.port,
+        database=settings.database,
+        user=settings.user,
+        password=settings.password,
+        sslmode=settings.sslmode,
+    )
+
+
+def timescaledb_from_env(env: Mapping[str, str]) -> TimescaleDBConnection:
+    """Build the connection block from ``RF_PG_*`` variables in ``env`` (password and
+    sslmode optional).
 
     Raises:
-        KeyError: a required variable is missing or empty (named).
-        ValueError: ``RF_PG_PORT`` is not a port number 1-65535.
+        MissingSetting: a required variable is missing or empty (a KeyError, named).
+        InvalidSetting: e.g. ``RF_PG_PORT`` is not a port number 1-65535 (a ValueError).
     """
-    missing = [k for k in PG_ENV if not env.get(k)]
-    if missing:
-        raise KeyError(f"missing environment variables: {', '.join(missing)}")
-    raw_port = env["RF_PG_PORT"]
-    digits = raw_port.strip()
-    port = int(digits) if digits.isascii() and digits.isdigit() else 0
-    if not 1 <= port <= 65535:
-        raise ValueError(f"RF_PG_PORT={raw_port!r}: must be a TCP port number, 1-65535")
-    return TimescaleDBConnection(
-        host=env["RF_PG_HOST"],
-        port=port,
-        database=env["RF_PG_DATABASE"],
-        user=env["RF_PG_USER"],
-        password=env.get("RF_PG_PASSWORD") or None,
-        sslmode=env.get("RF_PG_SSLMODE", "prefer"),  # type: ignore[arg-type]
-    )
+    return timescaledb_from_settings(PostgresSettings.from_mapping(env))

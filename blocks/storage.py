@@ -2,19 +2,22 @@
 
 Two Prefect blocks hold recordings: prefect-aws ``S3Bucket`` with ``MinIOCredentials``
 (MinIO in production, any S3 server) and ``LocalFileSystem`` (the embedded default).
-This module builds them (from arguments or ``RF_S3_*`` settings) and describes them for
-logs; it holds no storage logic. Operations on the objects are in
-:mod:`tasks.objectstore`, bucket administration in :mod:`tasks.bucket` and the health
-probe in :mod:`tasks.health`.
+This module builds them, from arguments or from the ``RF_S3_*`` settings
+(:class:`blocks.settings.S3Settings`), and describes them for logs; it holds no storage
+logic. Operations on the objects are in :mod:`tasks.objectstore`, bucket administration
+in :mod:`tasks.bucket` and the health probe in :mod:`tasks.health`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from prefect.filesystems import LocalFileSystem
 from prefect_aws import AwsClientParameters, MinIOCredentials, S3Bucket
+
+from blocks.settings import S3Settings
 
 # Timeouts of the client the blocks build: a stopped server fails in about a second
 # (connection refused), a hung one within CONNECT/READ_TIMEOUT_S per attempt.
@@ -60,22 +63,29 @@ def minio_bucket(
     return S3Bucket(bucket_name=bucket, credentials=credentials, bucket_folder=folder)
 
 
-S3_ENV = ("RF_S3_ENDPOINT", "RF_S3_ACCESS_KEY", "RF_S3_SECRET_KEY", "RF_S3_BUCKET")
+S3_ENV = S3Settings.required_variables()  # RF_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY, _BUCKET
 
 
-def minio_bucket_from_env(env: dict[str, str]) -> S3Bucket:
-    """Build the S3Bucket from ``RF_S3_*`` variables (``RF_S3_REGION`` optional)."""
-    missing = [k for k in S3_ENV if not env.get(k)]
-    if missing:
-        raise KeyError(f"missing environment variables: {', '.join(missing)}")
+def minio_bucket_from_settings(settings: S3Settings) -> S3Bucket:
+    """The S3Bucket the ``RF_S3_*`` settings describe."""
     return minio_bucket(
-        endpoint_url=env["RF_S3_ENDPOINT"],
-        access_key=env["RF_S3_ACCESS_KEY"],
-        secret_key=env["RF_S3_SECRET_KEY"],
-        bucket=env["RF_S3_BUCKET"],
-        region=env.get("RF_S3_REGION") or "us-east-1",
-        folder=env.get("RF_S3_FOLDER", ""),
+        endpoint_url=settings.endpoint,
+        access_key=settings.access_key,
+        secret_key=settings.secret_key.get_secret_value(),
+        bucket=settings.bucket,
+        region=settings.region or "us-east-1",
+        folder=settings.folder,
     )
+
+
+def minio_bucket_from_env(env: Mapping[str, str]) -> S3Bucket:
+    """Build the S3Bucket from ``RF_S3_*`` variables in ``env`` (``RF_S3_REGION`` and
+    ``RF_S3_FOLDER`` optional).
+
+    Raises:
+        MissingSetting: a required variable is missing or empty (a KeyError, named).
+    """
+    return minio_bucket_from_settings(S3Settings.from_mapping(env))
 
 
 def describe(fs: object) -> str:
