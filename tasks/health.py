@@ -274,15 +274,6 @@ class DatabaseHealth:
     timescaledb_license: str | None = None  # "apache" or "timescale"
     error: str | None = None
 
-    @property
-    def summary(self) -> str:
-        if not self.ok:
-            return f"failed: {self.error}"
-        extra = ""
-        if self.timescaledb_version:
-            extra = f", timescaledb {self.timescaledb_version} ({self.timescaledb_license})"
-        return f"ok ({self.dialect}{extra}, {self.latency_ms:.0f} ms)"
-
 
 def check_database(engine: Engine) -> DatabaseHealth:
     """Can we connect and query? ``SELECT 1`` (timed), and on PostgreSQL the TimescaleDB

@@ -3,7 +3,9 @@
 The acquisition flow stores objects before it records rows, so when the database is down
 the recordings survive and only their rows are missing. Each recording's SigMF metadata
 holds everything its row needs (:func:`tasks.process.row_from_metadata` is the one
-mapping both paths use), so a backfilled row is the row the flow would have written.
+mapping both paths use), so a backfilled row is the row the flow would have written, and
+it is written by the same code (:func:`tasks.records.write_acquisition`, the ``record``
+task's write path).
 
 When the storage itself stays down longer than the store task's retries, the flow keeps
 the recording in a local spool (:func:`tasks.storage.spool_recording`) and records its

@@ -34,13 +34,14 @@ from prefect import flow
 from prefect.states import Failed
 from prefect_aws import S3Bucket
 from service_control import s3_stopped, services
+from sqlalchemy import create_engine
 
 import tasks.objectstore
-from blocks.database import timescaledb_from_env
+from blocks.database import sqlite_engine, timescaledb_from_env
 from blocks.storage import local_storage, minio_bucket, minio_bucket_from_env
 from tasks.bucket import ensure_bucket, validate_bucket_name
 from tasks.errors import BucketNameError, MissingObjectError
-from tasks.health import StorageHealth, check_storage
+from tasks.health import StorageHealth, check_database, check_storage
 from tasks.recording import IntegrityError, Recording, build_recording
 from tasks.storage import (
     StorageKeyError,
@@ -668,3 +669,13 @@ def test_health_flow_on_real_services(
     assert state.message.endswith("database ok, 7/7 receivers reachable")
     table = asyncio.run(_health_table(state.state_details.flow_run_id))
     assert "wrong-password-1234" not in json.dumps(table) + state.message
+
+
+def test_the_database_probe_answers_and_never_shows_the_password(tmp_path: Path) -> None:
+    good = check_database(sqlite_engine(tmp_path / "rf.db"))
+    assert (good.ok, good.dialect, good.error) == (True, "sqlite", None)
+    assert good.latency_ms is not None and 0 <= good.latency_ms < 1000
+    engine = create_engine("postgresql+psycopg://rf:s3cret-Pa55@127.0.0.1:1/rf?connect_timeout=2")
+    bad = check_database(engine)
+    assert not bad.ok and bad.error is not None and bad.timescaledb_version is None
+    assert "OperationalError" in bad.error and "s3cret-Pa55" not in bad.error

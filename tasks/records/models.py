@@ -37,15 +37,16 @@ MEASUREMENT_STATUSES = ("ok", "failed", "skipped")
 
 @dataclass(frozen=True)
 class Range:
-    """The physical range of a column: checked before a write and by a CHECK constraint.
+    """The physical range of a column: checked before a write (:mod:`tasks.records.rows`)
+    and by a CHECK constraint.
 
     NULL is always admitted (a nullable column means "not measured").
 
     Example:
         >>> Range(low=0, low_exclusive=True).sql("sample_rate")
         'sample_rate > 0'
-        >>> Range(-90, 90).admits(91.0)
-        False
+        >>> Range(-90, 90).describe()
+        '>= -90 and <= 90'
     """
 
     low: float | None = None
@@ -60,12 +61,8 @@ class Range:
             parts.append(f"{name} <= {self.high:g}")
         return " AND ".join(parts)
 
-    def admits(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_exclusive else value < self.low):
-            return False
-        return self.high is None or value <= self.high
-
     def describe(self) -> str:
+        """The range for people (error messages), e.g. ``> 0`` or ``>= -90 and <= 90``."""
         return self.sql("value").removeprefix("value ").replace(" AND value", " and")
 
 
@@ -252,5 +249,3 @@ class Location(Base):
 
 Index("locations_time_idx", Location.__table__.c.time.desc())
 Index("locations_acquisition_idx", Location.__table__.c.acquisition_id)
-
-MEASUREMENT_COLUMNS = frozenset(c.name for c in Measurement.__table__.columns)
