@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -27,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from blocks.resolve import default_data_dir, resolve_database
+from tasks.errors import redact
 from tasks.queries import (
     METRICS,
     acquisition_with_measurements,
@@ -128,7 +131,8 @@ def _json_default(value: Any) -> Any:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flows.query", description=__doc__.split("\n")[0])
+    prog = os.environ.get("RF_COMMAND_NAME", "python -m flows.query")  # `rfacq query`
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--database",
@@ -162,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         document, table = run(engine, args)
     except (LookupError, ValueError) as exc:
         print(f"query: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:  # e.g. no tables yet: nothing was ever recorded there
+        cause = getattr(exc, "orig", None) or exc
+        reason = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+        print(f"query: {where}: {redact(reason, [engine.url.password])}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()

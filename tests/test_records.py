@@ -1072,3 +1072,11 @@ def test_query_prints_a_table_and_refuses_unknown_acquisitions(
     assert out[1].split()[:4] == ["genova", "2026-03-01T10:20:00+00:00", "failed", "-"]
     assert query_main(["acquisition", str(uuid.uuid4()), "--database", url]) == 1
     assert "no rows" in capsys.readouterr().err
+
+
+def test_query_on_a_database_never_written_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert query_main(["latest", "--database", url]) == 1
+    assert "no such table: measurements" in capsys.readouterr().err
