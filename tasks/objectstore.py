@@ -340,6 +340,7 @@ def object_store(fs: Any) -> ObjectStore:
     any block with ``awrite_path``/``aread_path`` for put and get only).
 
     Example:
+        >>> from blocks.storage import local_storage
         >>> store = object_store(local_storage("/tmp/rf-example"))
         >>> type(store).__name__
         'LocalObjects'

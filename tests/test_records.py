@@ -46,7 +46,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 
+import tasks.bucket
 import tasks.errors
+import tasks.objectstore
 import tasks.queries
 import tasks.records.models
 import tasks.records.write
@@ -930,7 +932,8 @@ def test_receiver_availability_per_utc_day(known_db: Engine) -> None:
 
 
 def test_docstring_examples_run() -> None:
-    for module in (tasks.queries, tasks.records.models, tasks.errors, tasks.records.write):
+    modules = (tasks.queries, tasks.records.models, tasks.errors, tasks.bucket, tasks.objectstore)
+    for module in modules:
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__
 
