@@ -58,11 +58,6 @@ class MigrationError(RfAcquisitionError, RuntimeError):
     """The database cannot be brought to the expected schema (e.g. an unknown layout)."""
 
 
-class SettingsError(RfAcquisitionError, ValueError):
-    """A setting (environment variable or env file entry) is missing or malformed; the
-    message names the variable."""
-
-
 class RedactedError(RfAcquisitionError):
     """Stands in for an exception whose text held a secret (see :func:`without_secrets`);
     keeps the original's transience so retries still work."""
