@@ -35,7 +35,8 @@ import boto3
 import numpy as np
 from botocore.config import Config
 
-from blocks.storage import S3_ENV, minio_bucket_from_env, object_store
+from blocks.storage import S3_ENV, minio_bucket_from_env
+from tasks.objectstore import object_store
 from tasks.recording import Recording, build_recording
 from tasks.storage import recording_key, save_recording
 

@@ -8,79 +8,63 @@
 
 ``from-env`` reads RF_S3_ENDPOINT, RF_S3_ACCESS_KEY, RF_S3_SECRET_KEY, RF_S3_BUCKET,
 RF_S3_REGION and RF_PG_HOST, RF_PG_PORT, RF_PG_DATABASE, RF_PG_USER, RF_PG_PASSWORD,
-RF_PG_SSLMODE (``make services-up`` writes them to .services/env).
+RF_PG_SSLMODE (``make services-up`` writes them to .services/env), validated by
+:mod:`blocks.settings`; with ``--env-file`` the file's values win over the environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shlex
 import sys
-from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from blocks.database import timescaledb_from_settings
+from blocks.settings import InvalidSetting, MissingSetting, PostgresSettings, S3Settings
+from blocks.storage import minio_bucket_from_settings
 
 DEFAULT_BLOCK_NAME = "rf-acquisition"
 
 
-def save_from_env(env: dict[str, str], name: str = DEFAULT_BLOCK_NAME) -> list[str]:
-    """Save whichever of the storage and database blocks the environment describes.
+def load_settings(
+    env_file: str | Path | None = None,
+) -> tuple[S3Settings | None, PostgresSettings | None]:
+    """The storage and database settings ``from-env`` saves: ``env_file`` (when given)
+    over the process environment; None for a group that is not configured at all.
 
     Raises:
-        ValueError: a setting is malformed (e.g. RF_PG_PORT); nothing is saved.
+        InvalidSetting: a variable is malformed (e.g. RF_PG_PORT), named in the message.
     """
-    from blocks.database import timescaledb_from_env
-    from blocks.storage import ensure_bucket, minio_bucket_from_env
+    loaded: list[Any] = []
+    for what, group in (("storage", S3Settings), ("database", PostgresSettings)):
+        try:
+            loaded.append(group.load(env_file))
+        except MissingSetting as exc:
+            print(f"{what}: not configured ({exc})", file=sys.stderr)
+            loaded.append(None)
+    return loaded[0], loaded[1]
 
-    # Both built before either is saved: a bad value (ValueError) saves nothing.
-    bucket = db = None
-    try:
-        bucket = minio_bucket_from_env(env)
-    except KeyError as exc:
-        print(f"storage: not configured ({exc.args[0]})", file=sys.stderr)
-    try:
-        db = timescaledb_from_env(env)
-    except KeyError as exc:
-        print(f"database: not configured ({exc.args[0]})", file=sys.stderr)
+
+def save_from_env(
+    s3: S3Settings | None, pg: PostgresSettings | None, name: str = DEFAULT_BLOCK_NAME
+) -> list[str]:
+    """Save the storage and database blocks these settings describe (creating the bucket
+    when it is missing); returns what was saved."""
+    from tasks.bucket import ensure_bucket  # bucket administration: the one import of tasks/
+
     saved: list[str] = []
-    if bucket is not None:
+    if s3 is not None:
+        bucket = minio_bucket_from_settings(s3)
         if ensure_bucket(bucket):
             print(f"storage: created bucket {bucket.bucket_name}", file=sys.stderr)
         bucket.credentials.save(name, overwrite=True)
         bucket.save(name, overwrite=True)
         saved.append(f"s3-bucket/{name}")
-    if db is not None:
-        db.save(name, overwrite=True)
+    if pg is not None:
+        timescaledb_from_settings(pg).save(name, overwrite=True)
         saved.append(f"timescaledb-connection/{name}")
     return saved
-
-
-def read_env_file(path: str | Path) -> dict[str, str]:
-    """Parse ``export KEY=value`` / ``KEY=value`` lines (as scripts/services.sh writes)."""
-    env: dict[str, str] = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.removeprefix("export ").partition("=")
-        if sep:
-            env[key.strip()] = shlex.split(value)[0] if value.strip() else ""
-    return env
-
-
-def settings_for_from_env(
-    env_file: str | Path | None, environ: Mapping[str, str]
-) -> dict[str, str]:
-    """The settings ``from-env`` saves: the environment, overridden by ``env_file``.
-
-    The file wins: a shell that sourced an older ``.services/env`` would otherwise save
-    blocks with that run's ports and passwords. Variables the file does not set still
-    come from the environment (e.g. RF_PG_SSLMODE)."""
-    settings = dict(environ)
-    if env_file:
-        settings.update(read_env_file(env_file))
-    return settings
 
 
 async def remove_saved(name: str = DEFAULT_BLOCK_NAME) -> list[str]:
@@ -139,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         register()
         print("registered: kiwisdr-receiver, timescaledb-connection")
     elif args.command == "from-env":
-        settings = settings_for_from_env(args.env_file, os.environ)
-        register()
-        try:
-            saved = save_from_env(settings, args.name)
-        except ValueError as exc:  # e.g. RF_PG_PORT=abc: the message names the variable
+        try:  # both groups read before either is saved: a bad value saves nothing
+            s3, pg = load_settings(args.env_file)
+        except InvalidSetting as exc:  # e.g. RF_PG_PORT=abc: the message names the variable
             print(f"from-env: {exc}", file=sys.stderr)
             return 2
+        register()
+        saved = save_from_env(s3, pg, args.name)
         print("saved: " + (", ".join(saved) or "nothing"))
         return 0 if saved else 1
     elif args.command == "remove":

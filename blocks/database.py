@@ -1,19 +1,23 @@
 """Database connection configuration: the ``TimescaleDB Connection`` block and SQLite.
 
+The ``RF_PG_*`` settings are :class:`blocks.settings.PostgresSettings`; the health probe is
+:func:`tasks.health.check_database`.
+
 The block builds the SQLAlchemy engine; the password lives in a ``SecretStr`` and the
 engine URL is rendered with it hidden, so neither logs nor errors can leak it.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
-from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy import URL, Engine, create_engine, event
+
+from blocks.settings import PostgresSettings
 
 
 class TimescaleDBConnection(Block):
@@ -71,90 +75,27 @@ def sqlite_engine(path: str | Path) -> Engine:
     return engine
 
 
-PG_ENV = ("RF_PG_HOST", "RF_PG_PORT", "RF_PG_DATABASE", "RF_PG_USER")
+PG_ENV = PostgresSettings.required_variables()  # RF_PG_HOST, _PORT, _DATABASE, _USER
 
 
-def timescaledb_from_env(env: dict[str, str]) -> TimescaleDBConnection:
-    """Build the connection block from ``RF_PG_*`` variables (password and sslmode optional).
-
-    Raises:
-        KeyError: a required variable is missing or empty (named).
-        ValueError: ``RF_PG_PORT`` is not a port number 1-65535.
-    """
-    missing = [k for k in PG_ENV if not env.get(k)]
-    if missing:
-        raise KeyError(f"missing environment variables: {', '.join(missing)}")
-    raw_port = env["RF_PG_PORT"]
-    digits = raw_port.strip()
-    port = int(digits) if digits.isascii() and digits.isdigit() else 0
-    if not 1 <= port <= 65535:
-        raise ValueError(f"RF_PG_PORT={raw_port!r}: must be a TCP port number, 1-65535")
+def timescaledb_from_settings(settings: PostgresSettings) -> TimescaleDBConnection:
+    """The connection block the ``RF_PG_*`` settings describe."""
     return TimescaleDBConnection(
-        host=env["RF_PG_HOST"],
-        port=port,
-        database=env["RF_PG_DATABASE"],
-        user=env["RF_PG_USER"],
-        password=env.get("RF_PG_PASSWORD") or None,
-        sslmode=env.get("RF_PG_SSLMODE", "prefer"),  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        database=settings.database,
+        user=settings.user,
+        password=settings.password,
+        sslmode=settings.sslmode,
     )
 
 
-@dataclass(frozen=True)
-class DatabaseHealth:
-    """What :func:`check_database` found. The TimescaleDB fields are None on SQLite, or
-    when the extension is not installed in the database."""
+def timescaledb_from_env(env: Mapping[str, str]) -> TimescaleDBConnection:
+    """Build the connection block from ``RF_PG_*`` variables in ``env`` (password and
+    sslmode optional).
 
-    ok: bool
-    dialect: str
-    latency_ms: float | None = None
-    timescaledb_version: str | None = None
-    timescaledb_license: str | None = None  # "apache" or "timescale"
-    error: str | None = None
-
-    @property
-    def summary(self) -> str:
-        if not self.ok:
-            return f"failed: {self.error}"
-        extra = ""
-        if self.timescaledb_version:
-            extra = f", timescaledb {self.timescaledb_version} ({self.timescaledb_license})"
-        return f"ok ({self.dialect}{extra}, {self.latency_ms:.0f} ms)"
-
-
-def check_database(engine: Engine) -> DatabaseHealth:
-    """Can we connect and query? ``SELECT 1`` (timed), and on PostgreSQL the TimescaleDB
-    extension version and license. Never raises for a database fault; the error text
-    never contains the password.
-
-    Example:
-        >>> check_database(sqlite_engine("/tmp/rf-example.db")).ok
-        True
+    Raises:
+        MissingSetting: a required variable is missing or empty (a KeyError, named).
+        InvalidSetting: e.g. ``RF_PG_PORT`` is not a port number 1-65535 (a ValueError).
     """
-    dialect = engine.dialect.name
-    try:
-        with engine.connect() as conn:
-            t0 = time.perf_counter()
-            conn.execute(text("SELECT 1")).scalar_one()
-            latency_ms = (time.perf_counter() - t0) * 1e3
-            version = license_ = None
-            if dialect == "postgresql":
-                version = conn.execute(
-                    text("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
-                ).scalar()
-                if version:
-                    license_ = conn.execute(
-                        text("SELECT current_setting('timescaledb.license', true)")
-                    ).scalar()
-    except Exception as exc:
-        return DatabaseHealth(False, dialect, error=_reason(exc, engine))
-    return DatabaseHealth(True, dialect, latency_ms, version, license_)
-
-
-def _reason(exc: Exception, engine: Engine) -> str:
-    # The DBAPI error on one line: SQLAlchemy's own text adds the SQL and a link.
-    cause = getattr(exc, "orig", None) or exc
-    reason = f"{type(cause).__name__}: {' '.join(str(cause).split())}"
-    password = engine.url.password
-    if password:
-        reason = reason.replace(str(password), "***")
-    return reason
+    return timescaledb_from_settings(PostgresSettings.from_mapping(env))

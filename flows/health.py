@@ -25,12 +25,11 @@ from prefect.artifacts import acreate_table_artifact
 from prefect.logging import get_run_logger
 from prefect.states import Completed, Failed, State
 
-from blocks.database import DatabaseHealth, check_database
 from blocks.resolve import default_data_dir, resolve_database, resolve_storage, select_receivers
-from blocks.storage import StorageHealth, check_storage
 from flows import cli
 from flows.acquisition import Network, _receivers
 from tasks.capture import StatusCheck, check_status
+from tasks.health import DatabaseHealth, StorageHealth, check_database, check_storage
 
 # Only tunes the simulated network when it is the one checked; /status ignores it.
 SIMULATED_FREQUENCY_HZ = 145_500_000.0

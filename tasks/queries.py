@@ -1,5 +1,8 @@
 """Read the recorded rows back: plain functions over an Engine, TimescaleDB or SQLite.
 
+The latest row per receiver, a measurement bucketed in time, availability per UTC day
+and one acquisition with its rows; ``python -m flows.query`` is their command line.
+
 On TimescaleDB the series are bucketed with ``time_bucket`` (origin the Unix epoch, so the
 buckets are the same as the fallback's); on PostgreSQL without it and on SQLite, on epoch
 seconds. Days are UTC days. Every instant returned is timezone-aware UTC (SQLite keeps
@@ -19,8 +22,8 @@ Example (SQLite in memory; the same calls work on TimescaleDB):
     ...      "status": "ok", "frequency_hz": 145.5e6, "snr_db": snr}
     ...     for m, snr in [(0, 10.0), (20, 14.0), (70, 30.0)]])
     3
-    >>> [(p.bucket.hour, p.count, p.mean) for p in snr_series(
-    ...     engine, start=t0, end=t0 + timedelta(hours=2), bucket=timedelta(hours=1))]
+    >>> [(p.bucket.hour, p.count, p.mean) for p in metric_series(
+    ...     engine, "snr_db", start=t0, end=t0 + timedelta(hours=2), bucket=timedelta(hours=1))]
     [(12, 2, 12.0), (13, 1, 30.0)]
     >>> latest_measurements(engine)[0]["snr_db"]
     30.0
@@ -52,7 +55,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from tasks.records import Acquisition, Measurement, has_timescaledb
+from tasks.records.models import Acquisition, Measurement
+from tasks.records.schema import has_timescaledb
 
 M = Measurement.__table__
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -251,21 +255,6 @@ def metric_series(
             )
             for r in conn.execute(stmt)
         ]
-
-
-def snr_series(engine: Engine, **kwargs: Any) -> list[SeriesPoint]:
-    """:func:`metric_series` of ``snr_db`` (dB)."""
-    return metric_series(engine, "snr_db", **kwargs)
-
-
-def rssi_series(engine: Engine, **kwargs: Any) -> list[SeriesPoint]:
-    """:func:`metric_series` of ``rssi_dbm`` (dBm, from the receiver's S-meter)."""
-    return metric_series(engine, "rssi_dbm", **kwargs)
-
-
-def frequency_offset_series(engine: Engine, **kwargs: Any) -> list[SeriesPoint]:
-    """:func:`metric_series` of ``frequency_offset_hz`` (Hz, carrier minus tuned)."""
-    return metric_series(engine, "frequency_offset_hz", **kwargs)
 
 
 def acquisition_with_measurements(

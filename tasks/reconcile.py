@@ -3,7 +3,9 @@
 The acquisition flow stores objects before it records rows, so when the database is down
 the recordings survive and only their rows are missing. Each recording's SigMF metadata
 holds everything its row needs (:func:`tasks.process.row_from_metadata` is the one
-mapping both paths use), so a backfilled row is the row the flow would have written.
+mapping both paths use), so a backfilled row is the row the flow would have written, and
+it is written by the same code (:func:`tasks.records.write_acquisition`, the ``record``
+task's write path).
 
 When the storage itself stays down longer than the store task's retries, the flow keeps
 the recording in a local spool (:func:`tasks.storage.spool_recording`) and records its
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,18 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect.filesystems import LocalFileSystem
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Engine, select
 
-from blocks.storage import MissingObjectError, describe, local_storage, object_store
+from blocks.storage import describe, local_storage
+from tasks.errors import MissingObjectError
+from tasks.objectstore import object_store
 from tasks.process import row_from_metadata
 from tasks.recording import IntegrityError, Recording, read_recording
-from tasks.records import (
-    Acquisition,
-    Measurement,
-    ensure_schema,
-    upsert_acquisition,
-    upsert_measurements,
-)
+from tasks.records import Acquisition, Measurement, ensure_schema, write_acquisition
 from tasks.storage import (
     FileSystem,
     ListedRecording,
@@ -59,7 +57,6 @@ from tasks.storage import (
 # flow's store retries take ~30 s); a 600 s capture needs the recording's end, which
 # is why ages are measured from each recording's last sample.
 DEFAULT_MIN_AGE = timedelta(minutes=10)
-_STATUS_RANK = {"ok": 0, "failed": 1, "skipped": 2}  # a receiver counts by its best row
 
 
 @dataclass
@@ -387,74 +384,13 @@ async def _upload_spooled(
 
 
 def write_rows(engine: Engine, acquisition_id: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Upsert measurement rows of one acquisition and bring its acquisitions row up to
-    date, in one transaction (sync: call it through ``asyncio.to_thread``)."""
-    with engine.begin() as conn:
-        upsert_measurements(conn, rows)
-        sync_acquisition(conn, acquisition_id)
-
-
-def sync_acquisition(conn: Connection, acquisition_id: str) -> None:
-    """Recount an acquisition's receivers from its measurement rows.
-
-    An existing acquisitions row keeps everything the flow wrote (status, start, request,
-    flow run) except ``receivers_ok/failed/skipped``, recomputed from the rows now in the
-    database (``receivers_requested`` only grows if more receivers have rows than were
-    requested). Without one, a row with status ``reconciled`` is made from the
-    measurement rows.
-    """
-    acq = uuid.UUID(str(acquisition_id))
-    found = conn.execute(
-        select(
-            Measurement.receiver,
-            Measurement.status,
-            Measurement.time,
-            Measurement.frequency_hz,
-            Measurement.sample_rate,
-            Measurement.sample_count,
-        ).where(Measurement.acquisition_id == acq)
-    ).all()
-    if not found:
-        return
-    best: dict[str, str] = {}
-    for r in found:
-        if r.receiver not in best or _STATUS_RANK[r.status] < _STATUS_RANK[best[r.receiver]]:
-            best[r.receiver] = r.status
-    counts = Counter(best.values())
-    recount = {
-        "receivers_ok": counts["ok"],
-        "receivers_failed": counts["failed"],
-        "receivers_skipped": counts["skipped"],
-    }
-    existing = conn.execute(
-        select(Acquisition.receivers_requested).where(Acquisition.id == acq)
-    ).scalar_one_or_none()
-    if existing is not None:
-        requested = max(existing, len(best))
-        conn.execute(
-            update(Acquisition)
-            .where(Acquisition.id == acq)
-            .values(**recount, receivers_requested=requested)
-        )
-        return
-    durations = [r.sample_count / r.sample_rate for r in found if r.sample_count and r.sample_rate]
-    upsert_acquisition(
-        conn,
-        {
-            "id": acq,
-            "frequency_hz": found[0].frequency_hz,
-            "duration_s": max(durations) if durations else None,
-            "start_at": min(_aware(r.time) for r in found),
-            "receivers_requested": len(best),
-            **recount,
-            "status": "reconciled",
-            "flow_run_id": None,
-        },
-    )
+    """Upsert measurement rows of one acquisition and recount its acquisitions row, in one
+    transaction, through the record path (sync: call it through ``asyncio.to_thread``)."""
+    write_acquisition(engine, rows, recount=acquisition_id)
 
 
 def _aware(t: datetime) -> datetime:
-    # SQLite hands timestamps back naive (they are stored as UTC)
+    # manifests written from naive timestamps are UTC
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
@@ -546,8 +482,4 @@ def _acquisition_exists(engine: Engine, acquisition_id: str) -> bool:
 def _write_manifest(
     engine: Engine, acquisition: dict[str, Any], rows: list[dict[str, Any]]
 ) -> None:
-    with engine.begin() as conn:
-        upsert_acquisition(conn, acquisition)
-        if rows:
-            upsert_measurements(conn, rows)
-        sync_acquisition(conn, str(acquisition["id"]))
+    write_acquisition(engine, rows, acquisition, recount=str(acquisition["id"]))

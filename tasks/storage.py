@@ -34,13 +34,18 @@ from botocore.exceptions import (
 )
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run as runtime_task_run
-from prefect.states import State
-from prefect.tasks import Task, exponential_backoff
+from prefect.tasks import exponential_backoff
 
-from blocks.storage import MissingObjectError, StorageError, local_storage, object_store
+from blocks.storage import local_storage
+from tasks.errors import (
+    MissingObjectError,
+    RfAcquisitionError,
+    StorageError,
+    retry_if_transient,
+)
+from tasks.objectstore import object_store
 from tasks.recording import IntegrityError, Recording, RecordingError, read_recording
 
 __all__ = [
@@ -383,7 +388,9 @@ def is_transient(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, StorageKeyError | RecordingError):
+        if isinstance(current, RfAcquisitionError):
+            return current.transient
+        if isinstance(current, RecordingError):
             return False
         if isinstance(current, ClientError):
             error = current.response.get("Error", {})
@@ -395,10 +402,8 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def retry_transient_storage(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect ``retry_condition_fn``: retry only :func:`is_transient` errors."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    return exc is not None and is_transient(exc)
+# Prefect ``retry_condition_fn``: retry only :func:`is_transient` errors.
+retry_transient_storage = retry_if_transient(is_transient)
 
 
 # --------------------------------------------------------------------------- tasks

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 import blocks.configure
+from blocks.configure import load_settings
 from blocks.configure import main as configure_main
-from blocks.configure import read_env_file
-from blocks.database import timescaledb_from_env
+from blocks.database import timescaledb_from_env, timescaledb_from_settings
 from blocks.receiver import (
     KiwiSDRReceiver,
     check_receiver_name,
@@ -19,7 +20,8 @@ from blocks.receiver import (
     simulated_network,
 )
 from blocks.resolve import select_receivers
-from blocks.storage import minio_bucket_from_env
+from blocks.settings import PostgresSettings
+from blocks.storage import minio_bucket_from_env, minio_bucket_from_settings
 
 
 def test_seed_network_loads_with_the_design_positions() -> None:
@@ -86,11 +88,13 @@ def test_settings_from_env_file_keep_secrets_secret(tmp_path: Path) -> None:
         "export RF_S3_ENDPOINT=http://127.0.0.1:9000\nexport RF_S3_ACCESS_KEY=AK\n"
         "export RF_S3_SECRET_KEY=s3cr3t-s3\nexport RF_S3_BUCKET=rf-acquisition\n"
     )
-    env = read_env_file(env_file)
-    db = timescaledb_from_env(env)
+    s3, pg = load_settings(env_file)
+    assert s3 is not None and pg is not None
+    db = timescaledb_from_settings(pg)
     assert db.password is not None and db.password.get_secret_value() == "s3cr3t-pg"
     assert "s3cr3t-pg" not in repr(db) and "s3cr3t-pg" not in str(db.url())
-    bucket = minio_bucket_from_env(env)
+    assert "s3cr3t-pg" not in repr(pg) and "s3cr3t-s3" not in repr(s3)
+    bucket = minio_bucket_from_settings(s3)
     assert bucket.bucket_name == "rf-acquisition"
     assert "s3cr3t-s3" not in repr(bucket)
     with pytest.raises(KeyError, match="RF_S3_ENDPOINT"):
@@ -116,13 +120,12 @@ def test_good_pg_ports(port: str) -> None:
 
 
 @pytest.fixture
-def from_env_saves(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
+def from_env_saves(monkeypatch: pytest.MonkeyPatch) -> list[PostgresSettings | None]:
     """What ``configure from-env`` would save (nothing reaches a Prefect API)."""
-    seen: list[dict[str, str]] = []
+    seen: list[PostgresSettings | None] = []
 
-    def save(env: dict[str, str], name: str) -> list[str]:
-        seen.append(dict(env))
-        timescaledb_from_env(env)  # as the real one does, before saving anything
+    def save(s3: Any, pg: PostgresSettings | None, name: str) -> list[str]:
+        seen.append(pg)
         return [f"timescaledb-connection/{name}"]
 
     monkeypatch.setattr(blocks.configure, "register", lambda: None)
@@ -131,7 +134,7 @@ def from_env_saves(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
 
 
 def test_from_env_file_wins_over_a_stale_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_env_saves: list[dict[str, str]]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_env_saves: list[PostgresSettings | None]
 ) -> None:
     # the shell still holds the previous `. .services/env`: old port and password
     for key, value in _PG.items():
@@ -147,13 +150,13 @@ def test_from_env_file_wins_over_a_stale_environment(
     )
     assert configure_main(["from-env", "--env-file", str(env_file)]) == 0
     (saved,) = from_env_saves
-    assert saved["RF_PG_PORT"] == "6123"
-    assert saved["RF_PG_HOST"] == "127.0.0.1"
-    assert saved["RF_PG_PASSWORD"] == "new-password"
-    assert saved["RF_PG_SSLMODE"] == "require"
+    assert saved is not None and saved.password is not None
+    assert (saved.port, saved.host) == (6123, "127.0.0.1")
+    assert saved.password.get_secret_value() == "new-password"
+    assert saved.sslmode == "require"
     # without a file the environment is all there is
     assert configure_main(["from-env"]) == 0
-    assert from_env_saves[1]["RF_PG_PORT"] == "5999"
+    assert from_env_saves[1] is not None and from_env_saves[1].port == 5999
 
 
 def test_from_env_reports_a_bad_port_and_saves_nothing(
@@ -166,7 +169,7 @@ def test_from_env_reports_a_bad_port_and_saves_nothing(
     monkeypatch.setattr(
         "prefect.blocks.core.Block.save", lambda self, name, **kw: saved.append(name)
     )
-    monkeypatch.setattr("blocks.storage.ensure_bucket", lambda bucket: False)
+    monkeypatch.setattr("tasks.bucket.ensure_bucket", lambda bucket: False)
     s3 = {
         "RF_S3_ENDPOINT": "http://127.0.0.1:1",
         "RF_S3_ACCESS_KEY": "AK",

@@ -18,9 +18,10 @@ from service_control import s3_stopped
 from sqlalchemy import Engine, delete, select
 
 from blocks.database import TimescaleDBConnection, sqlite_engine, timescaledb_from_env
-from blocks.storage import local_storage, object_store
+from blocks.storage import local_storage
 from flows.acquisition import acquire
 from flows.reconcile import reconcile
+from tasks.objectstore import object_store
 from tasks.process import row_from_metadata
 from tasks.reconcile import ReconcileReport
 from tasks.reconcile import reconcile as reconcile_stored

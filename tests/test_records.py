@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import doctest
+import json
 import logging
 import math
 import os
@@ -45,10 +46,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 
+import tasks.bucket
+import tasks.errors
+import tasks.objectstore
 import tasks.queries
-import tasks.records
+import tasks.records.models
+import tasks.records.write
 from blocks.database import sqlite_engine, timescaledb_from_env
 from flows.maintenance import retention
+from flows.query import main as query_main
+from tasks.errors import RedactedError
 from tasks.migrations import (
     MigrationError,
     current_revision,
@@ -60,11 +67,9 @@ from tasks.queries import (
     Availability,
     SeriesPoint,
     acquisition_with_measurements,
-    frequency_offset_series,
     latest_measurements,
+    metric_series,
     receiver_availability,
-    rssi_series,
-    snr_series,
 )
 from tasks.records import (
     Acquisition,
@@ -575,8 +580,8 @@ def test_only_connection_class_errors_are_transient(
         tail = tail.__cause__ or tail.__context__
     tail.__context__ = RuntimeError("while connecting with s3cret-Pa55")
     engine = create_engine("postgresql+psycopg://rf:s3cret-Pa55@127.0.0.1:1/rf")
-    clean = tasks.records._secret_free(engine, exc)
-    assert isinstance(clean, ConnectionError) and "s3cret-Pa55" not in str(clean)
+    clean = tasks.records.write.password_free(engine, exc)
+    assert isinstance(clean, RedactedError) and "s3cret-Pa55" not in str(clean)
     assert is_transient_db_error(clean) is transient
 
 
@@ -749,10 +754,10 @@ def test_an_error_holding_the_password_is_replaced() -> None:
     try:
         raise RuntimeError("server said: bad password s3cret-Pa55")
     except RuntimeError as exc:
-        clean = tasks.records._secret_free(engine, exc)
-    assert isinstance(clean, ConnectionError)
+        clean = tasks.records.write.password_free(engine, exc)
+    assert isinstance(clean, RedactedError)
     assert "s3cret-Pa55" not in str(clean) and "***" in str(clean)
-    assert tasks.records._secret_free(engine, RuntimeError("connection refused")) is None
+    assert tasks.records.write.password_free(engine, RuntimeError("connection refused")) is None
 
 
 @pytest.mark.integration
@@ -830,7 +835,7 @@ WINDOW = {"start": D1, "end": D1 + timedelta(days=2)}
 
 def test_snr_series_hourly(known_db: Engine) -> None:
     h = timedelta(hours=1)
-    assert snr_series(known_db, bucket=h, **WINDOW) == [
+    assert metric_series(known_db, "snr_db", bucket=h, **WINDOW) == [
         SeriesPoint("genova", D1 + 10 * h, 2, 21.0, 20.0, 22.0),
         SeriesPoint("genova", D1 + 11 * h, 1, 30.0, 30.0, 30.0),
         SeriesPoint("milano", D1 + 10 * h, 2, 6.0, 5.0, 7.0),
@@ -842,8 +847,9 @@ def test_snr_series_hourly(known_db: Engine) -> None:
 
 def test_snr_series_half_hourly_one_receiver_any_time_zone(known_db: Engine) -> None:
     rome = timezone(timedelta(hours=1))
-    points = snr_series(
+    points = metric_series(
         known_db,
+        "snr_db",
         bucket=timedelta(minutes=30),
         start=datetime(2026, 3, 1, 11, 0, tzinfo=rome),  # 10:00 UTC
         end=datetime(2026, 3, 1, 12, 0, tzinfo=rome),  # 11:00 UTC
@@ -857,7 +863,9 @@ def test_snr_series_half_hourly_one_receiver_any_time_zone(known_db: Engine) -> 
 
 
 def test_rssi_series_leaves_out_unmeasurable_values(known_db: Engine) -> None:
-    points = rssi_series(known_db, bucket=timedelta(hours=1), receivers=["torino"], **WINDOW)
+    points = metric_series(
+        known_db, "rssi_dbm", bucket=timedelta(hours=1), receivers=["torino"], **WINDOW
+    )
     assert [(p.bucket.hour, p.count, p.mean, p.minimum, p.maximum) for p in points] == [
         (10, 2, -81.0, -82.0, -80.0),  # the NaN of A3 is NULL, not a number
         (0, 1, -84.0, -84.0, -84.0),
@@ -865,7 +873,7 @@ def test_rssi_series_leaves_out_unmeasurable_values(known_db: Engine) -> None:
 
 
 def test_frequency_offset_series(known_db: Engine) -> None:
-    points = frequency_offset_series(known_db, bucket=timedelta(days=1), **WINDOW)
+    points = metric_series(known_db, "frequency_offset_hz", bucket=timedelta(days=1), **WINDOW)
     assert [(p.receiver, p.bucket.date(), p.count, p.mean) for p in points] == [
         ("genova", date(2026, 3, 1), 3, -7.0 / 3),
         ("milano", date(2026, 3, 1), 3, 0.5),
@@ -924,7 +932,8 @@ def test_receiver_availability_per_utc_day(known_db: Engine) -> None:
 
 
 def test_docstring_examples_run() -> None:
-    for module in (tasks.queries, tasks.records):
+    modules = (tasks.queries, tasks.records.models, tasks.errors, tasks.bucket, tasks.objectstore)
+    for module in modules:
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__
 
@@ -1003,3 +1012,74 @@ def test_retention_flow_on_the_embedded_default(prefect_server: None, tmp_path: 
 def test_retention_refuses_a_non_positive_age(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         drop_old_measurements(sqlite_engine(tmp_path / "rf.db"), timedelta(0))
+
+
+# --- the query command ----------------------------------------------------------------------
+
+
+def _query(engine: Engine, capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    url = engine.url.render_as_string(hide_password=False)
+    end = (D1 + timedelta(days=2)).isoformat()
+    assert query_main([*argv, "--database", url, "--end", end, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_query_latest_per_receiver(known_db: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    latest = _query(known_db, capsys, "latest", "--status", "ok")
+    assert [(r["receiver"], r["acquisition_id"], r["snr_db"]) for r in latest] == [
+        ("genova", str(A4), 30.0),
+        ("milano", str(A4), 9.0),
+        ("torino", str(A5), 16.0),
+    ]
+    assert datetime.fromisoformat(latest[2]["time"]) == D1 + timedelta(hours=24.5)
+
+
+def test_query_series_bucketed(known_db: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    found = _query(
+        known_db, capsys, "series", "--metric", "rssi_dbm", "--hours", "48", "--receiver", "torino"
+    )
+    assert found["metric"] == "rssi_dbm"
+    points = [(datetime.fromisoformat(p["bucket"]), p["count"], p["mean"]) for p in found["points"]]
+    assert points == [
+        (D1 + timedelta(hours=10), 2, -81.0),  # the NaN of A3 is NULL, not a number
+        (D1 + timedelta(hours=24), 1, -84.0),
+    ]
+    offsets = _query(
+        known_db, capsys, "series", "--metric", "frequency_offset_hz", "--hours", "48",
+        "--bucket-minutes", "1440",
+    )["points"]  # fmt: skip
+    assert [(p["receiver"], p["count"], p["mean"]) for p in offsets][:2] == [
+        ("genova", 3, pytest.approx(-7.0 / 3, abs=1e-12)),
+        ("milano", 3, 0.5),
+    ]
+
+
+def test_query_availability_per_utc_day(
+    known_db: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    days = _query(known_db, capsys, "availability", "--days", "3", "--receiver", "torino")
+    assert [(d["day"], d["ok"], d["failed"], d["skipped"], d["ok_fraction"]) for d in days] == [
+        ("2026-03-01", 3, 1, 0, 0.75),
+        ("2026-03-02", 1, 0, 0, 1.0),
+    ]
+
+
+def test_query_prints_a_table_and_refuses_unknown_acquisitions(
+    known_db: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = known_db.url.render_as_string(hide_password=False)
+    assert query_main(["acquisition", str(A2), "--database", url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["receiver", "time", "status", "snr_db", "rssi_dbm",
+                              "frequency_offset_hz"]  # fmt: skip
+    assert out[1].split()[:4] == ["genova", "2026-03-01T10:20:00+00:00", "failed", "-"]
+    assert query_main(["acquisition", str(uuid.uuid4()), "--database", url]) == 1
+    assert "no rows" in capsys.readouterr().err
+
+
+def test_query_on_a_database_never_written_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert query_main(["latest", "--database", url]) == 1
+    assert "no such table: measurements" in capsys.readouterr().err

@@ -34,20 +34,14 @@ from prefect import flow
 from prefect.states import Failed
 from prefect_aws import S3Bucket
 from service_control import s3_stopped, services
+from sqlalchemy import create_engine
 
-import blocks.storage as storage_blocks
-from blocks.database import timescaledb_from_env
-from blocks.storage import (
-    BucketNameError,
-    MissingObjectError,
-    StorageHealth,
-    check_storage,
-    ensure_bucket,
-    local_storage,
-    minio_bucket,
-    minio_bucket_from_env,
-    validate_bucket_name,
-)
+import tasks.objectstore
+from blocks.database import sqlite_engine, timescaledb_from_env
+from blocks.storage import local_storage, minio_bucket, minio_bucket_from_env
+from tasks.bucket import ensure_bucket, validate_bucket_name
+from tasks.errors import BucketNameError, MissingObjectError
+from tasks.health import StorageHealth, check_database, check_storage
 from tasks.recording import IntegrityError, Recording, build_recording
 from tasks.storage import (
     StorageKeyError,
@@ -319,7 +313,7 @@ def test_local_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     def crash(*args: Any) -> None:
         raise OSError("disk vanished")
 
-    monkeypatch.setattr(storage_blocks.os, "replace", crash)
+    monkeypatch.setattr(tasks.objectstore.os, "replace", crash)
     _, other = _recording(4096, "torino", seed=9)
     with pytest.raises(OSError, match="disk vanished"):
         asyncio.run(save_recording(fs, key, other))
@@ -354,7 +348,7 @@ def test_local_health(tmp_path: Path) -> None:
 def test_s3_round_trip_listing_and_deletion(
     s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage_blocks, "LIST_PAGE_SIZE", 2)  # listings span several pages
+    monkeypatch.setattr(tasks.objectstore, "LIST_PAGE_SIZE", 2)  # listings span several pages
     saved = asyncio.run(_save_acquisition(s3_bucket, "acq-1", T0, ["torino", "genova", "coazze"]))
     asyncio.run(_save_acquisition(s3_bucket, "acq-10", T0, ["torino"]))
     asyncio.run(_save_acquisition(s3_bucket, "acq-2", T0 + timedelta(days=2), ["genova"]))
@@ -405,7 +399,7 @@ def test_s3_tampered_object_is_an_integrity_error_naming_the_key(s3_bucket: S3Bu
 @pytest.mark.integration
 def test_s3_large_recording_is_multipart_with_verified_checksums(s3_bucket: S3Bucket) -> None:
     samples, rec = _recording(2_500_000)  # 20 MB of complex64
-    assert len(rec.npy) > 2 * storage_blocks.MULTIPART_CHUNKSIZE
+    assert len(rec.npy) > 2 * tasks.objectstore.MULTIPART_CHUNKSIZE
     client = s3_bucket.credentials.get_s3_client()  # the block's (cached) client
     sent: list[tuple[str, str | None]] = []
 
@@ -675,3 +669,13 @@ def test_health_flow_on_real_services(
     assert state.message.endswith("database ok, 7/7 receivers reachable")
     table = asyncio.run(_health_table(state.state_details.flow_run_id))
     assert "wrong-password-1234" not in json.dumps(table) + state.message
+
+
+def test_the_database_probe_answers_and_never_shows_the_password(tmp_path: Path) -> None:
+    good = check_database(sqlite_engine(tmp_path / "rf.db"))
+    assert (good.ok, good.dialect, good.error) == (True, "sqlite", None)
+    assert good.latency_ms is not None and 0 <= good.latency_ms < 1000
+    engine = create_engine("postgresql+psycopg://rf:s3cret-Pa55@127.0.0.1:1/rf?connect_timeout=2")
+    bad = check_database(engine)
+    assert not bad.ok and bad.error is not None and bad.timescaledb_version is None
+    assert "OperationalError" in bad.error and "s3cret-Pa55" not in bad.error

@@ -27,6 +27,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, Engine, inspect, text
 
+from tasks.errors import MigrationError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 BASELINE = "0001"
 # Any constant works; it only has to be the same for every process migrating this schema.
@@ -75,10 +77,6 @@ BASELINE_COLUMNS = {
         "sha512",
     },
 }
-
-
-class MigrationError(RuntimeError):
-    """The database cannot be brought to the expected schema (e.g. an unknown layout)."""
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
