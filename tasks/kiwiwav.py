@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.errors import RfAcquisitionError
 from tasks.timing import (
     DEFAULT_MAX_HOST_OFFSET_S,
     FrameStamp,
@@ -45,7 +46,7 @@ _POS = re.compile(
 )
 
 
-class KiwiWavError(ValueError):
+class KiwiWavError(RfAcquisitionError, ValueError):
     """A kiwi-wav file (or position file) that cannot be used; the message names it."""
 
     def __init__(self, path: str | Path, defect: str) -> None:

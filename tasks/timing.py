@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.errors import RfAcquisitionError
+
 NS_PER_S = 1_000_000_000
 SECONDS_PER_WEEK = 604_800
 GPS_UTC_LEAP_SECONDS = 18
@@ -133,7 +135,7 @@ class TimingModel:
         }
 
 
-class TimingError(ValueError):
+class TimingError(RfAcquisitionError, ValueError):
     """The stamps cannot give a timing model (and no host-clock fallback was allowed)."""
 
 

@@ -16,17 +16,17 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+from tasks.errors import RfAcquisitionError
+
 SAMPLES_PER_FRAME = 512
 HEADER_BYTES = 20
 IQ_FRAME_BYTES = HEADER_BYTES + SAMPLES_PER_FRAME * 4  # 2068
 
-FLAG_LPF = 0x01
+# The flag bits this client acts on (the byte also carries LPF 0x01, new-freq 0x04,
+# restart 0x20 and squelched 0x40, which an IQ capture has no use for).
 FLAG_ADC_OVERFLOW = 0x02
-FLAG_NEW_FREQ = 0x04
 FLAG_IQ = 0x08
 FLAG_COMPRESSED = 0x10
-FLAG_RESTART = 0x20
-FLAG_SQUELCHED = 0x40
 FLAG_LITTLE_ENDIAN = 0x80
 
 NO_GPS = 255
@@ -45,7 +45,7 @@ _BE_I16 = np.dtype(">i2")
 _LE_I16 = np.dtype("<i2")
 
 
-class FrameError(ValueError):
+class FrameError(RfAcquisitionError, ValueError):
     """A message does not match the protocol's layout."""
 
 

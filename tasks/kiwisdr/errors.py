@@ -6,8 +6,10 @@ an untunable frequency only wastes the acquisition window and hammers the receiv
 
 from __future__ import annotations
 
+from tasks.errors import RfAcquisitionError
 
-class KiwiSDRError(Exception):
+
+class KiwiSDRError(RfAcquisitionError):
     """Base class of every receiver error; ``receiver`` names the receiver when known."""
 
     transient: bool = False
