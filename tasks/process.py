@@ -128,15 +128,13 @@ def row_from_metadata(meta: dict[str, Any], object_key: str | None = None) -> di
 
 
 def timing_row_fields(model: dict[str, Any] | None) -> dict[str, Any]:
-    """The SCHEMA.md timing fields of a row from ``rfacq:timing_model``, limited to the
-    columns the measurements table has (so rows stay valid until the migration lands)."""
+    """The timing fields of a row (fitted rate, residual, fixes, sample 0 in integer ns)
+    from the recording's ``rfacq:timing_model``; none for recordings made before it."""
     if not model:
         return {}
-    from tasks.records import MEASUREMENT_COLUMNS
     from tasks.timing import TimingModel
 
-    fields = TimingModel.from_dict(model).row_fields()
-    return {k: v for k, v in fields.items() if k in MEASUREMENT_COLUMNS}
+    return TimingModel.from_dict(model).row_fields()
 
 
 def _hardware(capture: Capture, receiver: KiwiSDRReceiver) -> str:
