@@ -340,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--receivers", nargs="*", default=None)
     p.add_argument("--tag", default=None)
     p.add_argument("--network", choices=["auto", "simulated", "blocks"], default="auto")
-    state = cli.run_once(acquire, **vars(p.parse_args(argv)))
+    args = vars(p.parse_args(argv))
+    as_json = args.pop("json")
+    state = cli.run_once(acquire, json=as_json, **args)
+    if as_json:
+        return cli.finish(state, json=True)
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):
         print(f"acquisition failed: {state.message or result}", file=sys.stderr)

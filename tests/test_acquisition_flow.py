@@ -264,3 +264,28 @@ def test_storage_refusing_writes_spools_and_reconcile_uploads(
     keys = {o["Key"] for o in good.list_objects("acquisitions")}
     assert {f"spool-{unique}/{r['object_key']}" for r in rows} <= keys
     assert not list((tmp_path / "spool").rglob("*.npy"))
+
+
+def test_json_option_prints_one_object_and_nothing_else(
+    prefect_server: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``--json``: stdout is exactly one JSON object (the summary), nothing else."""
+    from flows.acquisition import main
+
+    status = main(
+        [
+            "--network=simulated",
+            "--storage=local",
+            "--database=sqlite",
+            f"--data-dir={tmp_path}",
+            "--duration-s=0.3",
+            "--json",
+        ]
+    )
+    out, _ = capfd.readouterr()
+    assert status == 0
+    summary = json.loads(out)  # raises if anything but one JSON document is on stdout
+    assert out.count("\n") == 1
+    assert summary["state"] == "COMPLETED"
+    assert summary["message"] == "7/7 receivers ok"
+    assert len(summary["receivers"]) == 7
