@@ -16,9 +16,10 @@ import pytest
 from sqlalchemy import text
 
 from blocks.database import sqlite_engine, timescaledb_from_env
-from blocks.receiver import bind_urls, receiver_name, simulated_network
+from blocks.receiver import receiver_name
 from blocks.storage import minio_bucket_from_env
 from flows.acquisition import acquire
+from tasks.kiwisdr.network import bind_urls, simulated_network
 from tasks.kiwisdr.simulator import Faults
 from tasks.recording import read_recording
 from tasks.records import measurements_for
@@ -157,13 +158,50 @@ def test_failing_receivers_do_not_fail_the_others(prefect_server: None, tmp_path
 
 
 def test_bad_request_fails_fast_with_field_and_range(prefect_server: None, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"duration_s=0\.0 is out of range \[0\.05, 600"):
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(
+        ParameterTypeError, match=r"duration_s: Input should be greater than or equal to 0\.05"
+    ):
         asyncio.run(acquire(duration_s=0.0, network="simulated", data_dir=str(tmp_path)))
+    with pytest.raises(
+        ParameterTypeError, match=r"duration_s: Input should be less than or equal to 600"
+    ):
+        asyncio.run(acquire(duration_s=601.0, network="simulated", data_dir=str(tmp_path)))
     with pytest.raises(
         ValueError, match=r"frequency_hz=1000000 is outside every selected receiver"
     ):
         asyncio.run(acquire(frequency_hz=1e6, network="simulated", data_dir=str(tmp_path)))
     assert not (tmp_path / "rf_acquisition.db").exists()
+
+
+def test_server_refuses_out_of_range_parameters_before_a_run_exists(
+    prefect_server: None, unique: str
+) -> None:
+    """The deployment's parameter schema carries the ranges: creating a flow run with
+    duration_s=-1 is refused by the server, and no run is created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    async def go() -> tuple[str, int]:
+        deployment = await acquire.ato_deployment(name=f"ranges-{unique}")
+        deployment_id = await deployment.apply()
+        async with get_client() as client:
+            with pytest.raises(PrefectHTTPStatusError) as refused:
+                await client.create_flow_run_from_deployment(
+                    deployment_id, parameters={"duration_s": -1}
+                )
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])
+                )
+            )
+        return refused.value.response.text, len(runs)
+
+    text, runs = asyncio.run(go())
+    assert "duration_s" in text and "-1" in text
+    assert runs == 0
 
 
 @pytest.mark.integration
