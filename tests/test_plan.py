@@ -77,3 +77,21 @@ def test_named_disabled_receiver_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"receivers: torino disabled \(enabled: false"):
         select_receivers(available, ["torino", "genova"], None)
     assert "torino" not in select_receivers(available, None, None)
+
+
+def test_simulated_network_scales_around_the_seed_area() -> None:
+    network, receivers = simulated_network(count=50, emitter_at=(45.1, 8.3), modulation="bpsk")
+    names = [r._block_document_name for r in receivers]
+    assert len(set(names)) == 50 and names[7] == "aquila-di-giaveno-2"
+    seed = {r._block_document_name: r for r in receivers[:7]}
+    for rx in receivers[7:]:
+        base = seed[rx._block_document_name.rsplit("-", 1)[0]]
+        assert abs(rx.latitude - base.latitude) + abs(rx.longitude - base.longitude) > 0
+        assert abs(rx.latitude - base.latitude) <= 0.3 + 1e-9
+    positions = {(round(r.latitude, 6), round(r.longitude, 6)) for r in receivers}
+    assert len(positions) == 50  # no two receivers on the same spot
+    assert (network.emitter.latitude, network.emitter.longitude) == (45.1, 8.3)
+    assert network.emitter.modulation == "bpsk"
+    assert set(network.receivers) == set(names)
+    with pytest.raises(ValueError, match="modulation"):
+        simulated_network(modulation="no-such-modulation")
