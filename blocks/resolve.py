@@ -38,8 +38,11 @@ class StorageChoice:
 async def _load_block(ref: str) -> Block:
     try:
         return await Block.aload(ref)
-    except (ValueError, ObjectNotFound) as exc:
-        raise ValueError(f"block {ref!r} could not be loaded: {exc}") from None
+    except (ValueError, RuntimeError, ObjectNotFound) as exc:
+        # Prefect reports a saved block that fails validation as a RuntimeError whose
+        # cause names the fields: keep both.
+        why = f"{exc}" + (f" ({exc.__cause__})" if exc.__cause__ else "")
+        raise ValueError(f"block {ref!r} could not be loaded: {why}") from None
 
 
 async def _saved(slug: str, name: str) -> bool:

@@ -327,3 +327,53 @@ def test_json_option_prints_one_object_and_nothing_else(
     assert summary["state"] == "COMPLETED"
     assert summary["message"] == "7/7 receivers ok"
     assert len(summary["receivers"]) == 7
+
+
+def test_a_saved_block_that_fails_validation_is_an_error(
+    prefect_server: None, tmp_path: Path, unique: str
+) -> None:
+    """Never a silent fall back: a broken saved receiver or storage block stops the run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentUpdate
+
+    from blocks.configure import DEFAULT_BLOCK_NAME
+    from blocks.resolve import resolve_storage, saved_receivers
+    from blocks.storage import minio_bucket
+
+    _, receivers = simulated_network(frequency_hz=FREQUENCY_HZ)
+    name = f"broken-{unique}"
+    receivers[0].save(name, overwrite=True)
+    bucket = minio_bucket(
+        endpoint_url="http://127.0.0.1:9", access_key="k", secret_key="s", bucket="b"
+    )
+    bucket.save(DEFAULT_BLOCK_NAME, overwrite=True)
+
+    async def break_and_load() -> tuple[str, str]:
+        async with get_client() as client:
+            rx = await client.read_block_document_by_name(name, "kiwisdr-receiver")
+            s3 = await client.read_block_document_by_name(DEFAULT_BLOCK_NAME, "s3-bucket")
+            try:
+                await client.update_block_document(
+                    rx.id, BlockDocumentUpdate(data={**rx.data, "latitude": 123.0})
+                )
+                with pytest.raises(ValueError) as bad_receiver:
+                    await saved_receivers()
+                data = {k: v for k, v in s3.data.items() if k != "bucket_name"}
+                await client.update_block_document(
+                    s3.id, BlockDocumentUpdate(data=data, merge_existing_data=False)
+                )
+                with pytest.raises(ValueError) as bad_storage:
+                    await resolve_storage("auto", tmp_path)
+            finally:
+                await client.delete_block_document(rx.id)
+                await client.delete_block_document(s3.id)
+            assert name not in await saved_receivers()
+            local = await resolve_storage("auto", tmp_path)  # nothing saved: the local default
+            assert local.description == f"local folder {tmp_path / 'recordings'}"
+        return str(bad_receiver.value), str(bad_storage.value)
+
+    receiver_error, storage_error = asyncio.run(break_and_load())
+    assert f"receiver block {name!r} is invalid" in receiver_error
+    assert "latitude" in receiver_error
+    assert f"block 's3-bucket/{DEFAULT_BLOCK_NAME}' could not be loaded" in storage_error
+    assert "bucket_name" in storage_error
