@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from blocks.configure import DEFAULT_BLOCK_NAME
 from blocks.database import TimescaleDBConnection, sqlite_engine
 from blocks.receiver import KiwiSDRReceiver, check_receiver_name
-from blocks.storage import local_storage
+from blocks.storage import describe, local_storage
 
 RECEIVER_BLOCK_SLUG = "kiwisdr-receiver"
 
@@ -60,8 +60,13 @@ async def _saved(slug: str, name: str) -> bool:
     return True
 
 
-async def resolve_storage(spec: str, data_dir: Path) -> StorageChoice:
-    """``"auto"`` | ``"local"`` | ``"<block-type-slug>/<name>"`` -> a filesystem block."""
+async def resolve_storage(spec: str | Block, data_dir: Path) -> StorageChoice:
+    """``"auto"`` | ``"local"`` | ``"<block-type-slug>/<name>"`` | a filesystem block (a
+    block parameter picked in the UI) -> a filesystem block."""
+    if isinstance(spec, Block):
+        if not hasattr(spec, "awrite_path"):
+            raise ValueError(f"storage={type(spec).__name__} is not a writable filesystem block")
+        return StorageChoice(spec, describe(spec))
     if spec == "auto":
         # A saved block that fails to load (bad fields, missing module) is an error, never
         # a silent fall back to the local folder.
@@ -91,8 +96,12 @@ class DatabaseChoice:
     description: str
 
 
-async def resolve_database(spec: str, data_dir: Path) -> DatabaseChoice:
-    """``"auto"`` | ``"sqlite"`` | ``"timescaledb-connection/<name>"`` -> an engine."""
+async def resolve_database(spec: str | TimescaleDBConnection, data_dir: Path) -> DatabaseChoice:
+    """``"auto"`` | ``"sqlite"`` | ``"timescaledb-connection/<name>"`` | a
+    TimescaleDBConnection block (a block parameter) -> an engine."""
+    if isinstance(spec, TimescaleDBConnection):
+        name = spec._block_document_name or f"{spec.host}:{spec.port}/{spec.database}"
+        return DatabaseChoice(spec.get_engine(), f"timescaledb-connection/{name}")
     if spec == "auto":
         if not await _saved("timescaledb-connection", DEFAULT_BLOCK_NAME):
             spec = "sqlite"  # a saved block that fails validation raises below instead

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import flow
+from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_aws import S3Bucket
 from pydantic import Field
 
+from blocks.database import TimescaleDBConnection
 from blocks.resolve import default_data_dir, resolve_database, resolve_storage, select_receivers
 from flows import cli
 from tasks.capture import StartBarrier, check_receivers, start_margin_s
@@ -76,8 +79,8 @@ async def acquire(
     receivers: list[str] | None = None,
     tag: str | None = None,
     network: Network = "auto",
-    storage: str = "auto",
-    database: str = "auto",
+    storage: S3Bucket | LocalFileSystem | str = "auto",
+    database: TimescaleDBConnection | str = "auto",
     data_dir: str | None = None,
     require_gps: bool = False,
     store_deadline_s: StoreDeadlineS = STORE_DEADLINE_S,
@@ -94,9 +97,11 @@ async def acquire(
         tag: only receivers carrying this tag.
         network: ``"blocks"`` (saved KiwiSDR Receiver blocks), ``"simulated"`` (the built-in
             network on loopback) or ``"auto"`` (blocks when any are saved).
-        storage: ``"auto"``, ``"local"`` or ``"<block-type>/<name>"``, e.g.
+        storage: an S3Bucket or LocalFileSystem block (the UI offers the saved ones), or
+            ``"auto"``, ``"local"`` or ``"<block-type>/<name>"``, e.g.
             ``"s3-bucket/rf-acquisition"``.
-        database: ``"auto"``, ``"sqlite"`` or ``"timescaledb-connection/<name>"``.
+        database: a TimescaleDB Connection block, or ``"auto"``, ``"sqlite"`` or
+            ``"timescaledb-connection/<name>"``.
         data_dir: folder of the local defaults (default ``$RF_DATA_DIR`` or ``./data``).
         require_gps: skip receivers whose /status shows no GPS fix.
         store_deadline_s: how long one recording may take to store before it is spooled.

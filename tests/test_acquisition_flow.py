@@ -377,3 +377,32 @@ def test_a_saved_block_that_fails_validation_is_an_error(
     assert "latitude" in receiver_error
     assert f"block 's3-bucket/{DEFAULT_BLOCK_NAME}' could not be loaded" in storage_error
     assert "bucket_name" in storage_error
+
+
+def test_blocks_are_flow_parameters(prefect_server: None, tmp_path: Path) -> None:
+    """The UI offers block pickers for storage and database; Python passes blocks."""
+    from prefect.utilities.callables import parameter_schema
+
+    from blocks.storage import local_storage
+
+    schema = parameter_schema(acquire).model_dump()
+    refs = {a.get("$ref") for a in schema["properties"]["storage"]["anyOf"]}
+    assert {"#/definitions/S3Bucket", "#/definitions/LocalFileSystem"} <= refs
+    assert schema["definitions"]["S3Bucket"]["block_type_slug"] == "s3-bucket"
+    db_refs = {a.get("$ref") for a in schema["properties"]["database"]["anyOf"]}
+    assert "#/definitions/TimescaleDBConnection" in db_refs
+    assert schema["properties"]["duration_s"]["minimum"] == 0.05
+    assert schema["properties"]["duration_s"]["maximum"] == 600.0
+
+    elsewhere = tmp_path / "elsewhere"
+    state = run(
+        duration_s=0.3,
+        network="simulated",
+        storage=local_storage(elsewhere),
+        database="sqlite",
+        data_dir=str(tmp_path),
+    )
+    assert state.is_completed(), state.message
+    assert state.result()["storage"] == f"local folder {elsewhere}"
+    assert len(list(elsewhere.rglob("*.npy"))) == 7
+    assert not (tmp_path / "recordings").exists()
