@@ -48,6 +48,8 @@ from tasks.plan import (
     load_receivers,
     skip_reason,
     split_by_frequency,
+    validate_request,
+    without_gps_fix,
 )
 from tasks.report import (
     AcquisitionSummary,
@@ -114,6 +116,7 @@ async def acquire(
         Failed state when no receiver succeeded or rows could not be recorded.
     """
     logger = get_run_logger()
+    validate_request(frequency_hz, duration_s)  # also when called as acquire.fn(...)
     folder = Path(data_dir).resolve() if data_dir else default_data_dir()
     acquisition_id = str(uuid.uuid4())
     progress = Progress()
@@ -133,6 +136,8 @@ async def acquire(
         stack.callback(db_choice.engine.dispose)
         skipped |= {n: r for n, c in checks.items() if (r := skip_reason(c, require_gps))}
         go = {n: rx for n, rx in tunable.items() if n not in skipped}
+        if unlocked := [n for n in without_gps_fix(checks) if n in go]:
+            logger.warning("no GPS fix, timing flagged: %s", ", ".join(unlocked))
         margin = start_margin_s([c.rtt_s for c in checks.values()], len(go))
         logger.info(
             "acquisition %s: %d receivers, %d skipped, start %.2f s after all are ready; "
@@ -152,7 +157,8 @@ async def acquire(
         futures = [acquire_receivers.submit(group, run) for group in groups]
         outcomes = [ReceiverOutcome(n, "skipped", why) for n, why in skipped.items()]
         outcomes += await outcomes_of(futures, groups)
-        outcomes.sort(key=lambda o: list(chosen).index(o.receiver))
+        order = {name: i for i, name in enumerate(chosen)}
+        outcomes.sort(key=lambda o: order[o.receiver])
         await progress.update(90)
 
         # 3. record: one batch of idempotent upserts (the manifest is kept if refused)

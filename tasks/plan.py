@@ -128,3 +128,9 @@ def skip_reason(check: StatusCheck, require_gps: bool) -> str | None:
     if require_gps and check.status is not None and not check.status.gps_fix:
         return "no GPS fix (gps_good=0): timestamps would come from a host clock"
     return None
+
+
+def without_gps_fix(checks: dict[str, StatusCheck]) -> list[str]:
+    """Reachable receivers whose /status shows no GPS fix: captured, but their timestamps
+    come from a host clock (flagged ``gps_fix=false``)."""
+    return [n for n, c in checks.items() if c.ok and c.status is not None and not c.status.gps_fix]
