@@ -8,7 +8,9 @@ With nothing configured it captures from the built-in simulated seed network, st
 recordings in ``./data/recordings`` and rows in ``./data/rf_acquisition.db``.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: a deployment run loads the flow from its
+# entrypoint and validates the parameters against these annotations, which must then be
+# real objects, not strings naming module globals.
 
 import contextlib
 import sys
@@ -66,6 +68,10 @@ FrequencyHz = Annotated[float, Field(ge=MIN_FREQUENCY_HZ, le=MAX_FREQUENCY_HZ)]
 DurationS = Annotated[float, Field(ge=MIN_DURATION_S, le=MAX_DURATION_S)]
 StoreDeadlineS = Annotated[float, Field(ge=1.0, le=3600.0)]
 SimulatedReceivers = Annotated[int, Field(ge=1, le=2000)]
+AcquisitionId = Annotated[
+    str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+]
+StartNs = Annotated[int, Field(gt=1_500_000_000 * 10**9)]  # after 2017: a real instant
 Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Field(ge=-180.0, le=180.0)]
 
@@ -89,6 +95,8 @@ async def acquire(
     simulated_receivers: SimulatedReceivers | None = None,
     emitter: tuple[Latitude, Longitude] | None = None,
     modulation: str | None = None,
+    acquisition_id: AcquisitionId | None = None,
+    start_ns: StartNs | None = None,
 ) -> State[dict[str, Any]]:
     """One synchronised acquisition.
 
@@ -110,6 +118,10 @@ async def acquire(
         simulated_receivers: size of the simulated network (default: the seed's seven).
         emitter: ``[latitude, longitude]`` of the simulated emitter.
         modulation: the simulated emitter's modulation (e.g. ``carrier``, ``bpsk``).
+        acquisition_id: join this acquisition instead of starting a new one (a shard of
+            ``acquire-sharded``: every shard records its rows under the same id).
+        start_ns: the common instant, integer ns since 1970, chosen by whoever started
+            the shards (default: set when this run's captures are ready).
 
     Returns:
         A Completed state saying "N/M receivers ok" whose result is the summary dict, or a
@@ -118,7 +130,7 @@ async def acquire(
     logger = get_run_logger()
     validate_request(frequency_hz, duration_s)  # also when called as acquire.fn(...)
     folder = Path(data_dir).resolve() if data_dir else default_data_dir()
-    acquisition_id = str(uuid.uuid4())
+    acquisition_id = acquisition_id or str(uuid.uuid4())
     progress = Progress()
     await progress.start(f"acquisition {acquisition_id} at {frequency_hz / 1e6:.6f} MHz")
     simulated = SimulatedOptions(simulated_receivers, emitter, modulation)
@@ -150,7 +162,8 @@ async def acquire(
         # 2. per receiver, on its own: capture at the common instant -> process -> store
         settings = CaptureSettings(frequency_hz, duration_s)
         run = AcquisitionRun(
-            acquisition_id, settings, StartBarrier(len(go), margin),
+            acquisition_id, settings,
+            StartBarrier.at(start_ns) if start_ns else StartBarrier(len(go), margin),
             store_choice.block, spool_folder(folder), store_deadline_s,
         )  # fmt: skip
         groups = group_receivers(go)

@@ -211,6 +211,14 @@ class StartBarrier:
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
+    @classmethod
+    def at(cls, instant_ns: int) -> StartBarrier:
+        """A barrier whose instant is already set (a shard of an acquisition whose instant
+        was chosen elsewhere, e.g. by the parent of sharded flow runs)."""
+        barrier = cls(0, 0.0)
+        barrier.instant_ns = instant_ns
+        return barrier
+
     def _fix(self) -> None:
         """Set the instant (once) and wake every waiter; call with the lock held."""
         if self.instant_ns is None:
