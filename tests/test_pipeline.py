@@ -125,3 +125,45 @@ def test_large_networks_share_task_runs() -> None:
         "aquila-di-giaveno",
         "montanaro",
     ]
+
+
+def test_one_receiver_end_to_end_without_prefect(hung_s3: str, tmp_path: Path) -> None:
+    """capture -> process -> store as plain code: ok into a folder; spooled, with its
+    measurements kept, when the storage hangs past the deadline."""
+    import logging
+
+    from blocks.storage import local_storage
+    from tasks.capture import StartBarrier
+    from tasks.pipeline import AcquisitionRun, acquire_receiver
+
+    network, receivers = simulated_network(frequency_hz=FREQUENCY_HZ)
+    rx = {r._block_document_name: r for r in receivers}
+    hung = minio_bucket(endpoint_url=hung_s3, access_key="k", secret_key="s", bucket="b")
+    log = logging.getLogger("test")
+    settings = CaptureSettings(FREQUENCY_HZ, 0.2)
+
+    async def both() -> list:
+        barrier = StartBarrier(2, margin_s=0.3)
+        ok = AcquisitionRun(
+            "acq-3", settings, barrier, local_storage(tmp_path / "rec"), tmp_path / "spool", 5.0
+        )
+        spooling = AcquisitionRun("acq-3", settings, barrier, hung, tmp_path / "spool", 1.0)
+        return await asyncio.gather(
+            acquire_receiver("torino", rx["torino"], ok, log),
+            acquire_receiver("genova", rx["genova"], spooling, log),
+        )
+
+    with network:
+        bind_urls(network, receivers)
+        stored, spooled = asyncio.run(both())
+    assert stored.status == "ok" and stored.error is None and stored.attempts == 1
+    assert stored.object_key is not None and stored.object_key.endswith("/torino.npy")
+    assert (tmp_path / "rec" / stored.object_key).is_file()
+    assert stored.row is not None and stored.row["sample_count"] >= 0.2 * 12000
+    assert spooled.status == "spooled" and spooled.object_key is None
+    assert spooled.error is not None and "deadline" in spooled.error
+    assert spooled.row is not None and spooled.row["power_dbfs"] is not None  # measured
+    assert len(list((tmp_path / "spool").rglob("genova.npy"))) == 1
+    # Both started on the barrier's instant: first samples within one frame.
+    gap = abs((stored.row["time"] - spooled.row["time"]).total_seconds())
+    assert gap < 512 / 12000.0
