@@ -43,9 +43,15 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 # Storage and database benchmarks need the services: `make services-up` first.
+# bench_flow.py takes BENCH_FLOW_ARGS, e.g. BENCH_FLOW_ARGS="--cases 7:2 --repeat 1".
+BENCH_FLOW_ARGS ?=
 bench: $(STAMP)
 	set -a; [ -f .services/env ] && . .services/env; set +a; \
-	for b in bench/bench_*.py; do echo "== $$b"; $(PY) "$$b" || exit 1; done
+	for b in bench/bench_*.py; do \
+		echo "== $$b"; \
+		if [ "$$b" = bench/bench_flow.py ]; then $(PY) "$$b" $(BENCH_FLOW_ARGS) || exit 1; \
+		else $(PY) "$$b" || exit 1; fi; \
+	done
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blocks.receiver import simulated_network  # noqa: E402
 from tasks.kiwisdr.client import CaptureSettings, capture_iq  # noqa: E402
 from tasks.kiwisdr.codec import SAMPLES_PER_FRAME  # noqa: E402
+from tasks.kiwisdr.network import simulated_network  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -1,7 +1,9 @@
 """Receiver configuration: the ``KiwiSDRReceiver`` block and receiver files (YAML/JSON).
 
-A block is configuration only; the capture code lives in ``tasks/``. Receiver files let a
-whole network be created or updated in one command, and the seed network ships as one.
+A block is configuration only; the capture code lives in ``tasks/`` and the simulated
+network in ``tasks/kiwisdr/network.py`` (blocks import nothing from ``tasks/``). Receiver
+files let a whole network be created or updated in one command, and the seed network
+ships as one.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from typing import Any
 import yaml
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
-
-from tasks.kiwisdr.emitter import Emitter
-from tasks.kiwisdr.simulator import Faults, SimulatedNetwork, SimulatedReceiver
 
 RECEIVER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 
@@ -127,7 +126,9 @@ def seed_network_path() -> Path:
     return Path(__file__).with_name("networks") / "seed.yaml"
 
 
-def _read(path: str | Path) -> dict[str, Any]:
+def read_network_file(path: str | Path) -> dict[str, Any]:
+    """A receiver file as a mapping with a ``receivers`` list (and optional ``defaults``,
+    ``emitter`` for the simulator)."""
     path = Path(path)
     text = path.read_text()
     data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -144,7 +145,7 @@ def load_receiver_file(
     Every entry needs a ``url`` unless ``placeholder_url`` is given (the simulator fills
     real ports in later).
     """
-    data = _read(path)
+    data = read_network_file(path)
     defaults = dict(data.get("defaults") or {})
     out: list[KiwiSDRReceiver] = []
     seen: set[str] = set()
@@ -170,72 +171,3 @@ def receiver_name(receiver: KiwiSDRReceiver) -> str:
     if not name:
         raise ValueError("receiver block has no name: save or load it by name first")
     return name
-
-
-def simulated_network(
-    path: str | Path | None = None,
-    *,
-    frequency_hz: float | None = None,
-    ports: dict[str, int] | None = None,
-    faults: Mapping[str, Faults] | None = None,
-    seed: int = 0,
-    count: int | None = None,
-) -> tuple[SimulatedNetwork, list[KiwiSDRReceiver]]:
-    """Build (not start) the simulator for a receiver file, and the matching receivers.
-
-    The receivers' URLs are filled in by :func:`bind_urls` once the network has started.
-    ``count`` repeats the file's receivers (``torino-2`` ...), each copy moved a little,
-    to load-test the simulator and the flow with a large network.
-    """
-    path = path or seed_network_path()
-    data = _read(path)
-    receivers = load_receiver_file(path, placeholder_url="http://127.0.0.1:0")
-    entries = list(data["receivers"])
-    if count is not None and count != len(receivers):
-        receivers, entries = _replicate(receivers, entries, count)
-    emitter_args = dict(data.get("emitter") or {})
-    if frequency_hz is not None and "frequency_hz" not in emitter_args:
-        emitter_args["frequency_hz"] = frequency_hz
-    emitter = Emitter(**emitter_args)
-    simulated = []
-    for rx, entry in zip(receivers, entries, strict=True):
-        sim = dict(entry.get("simulation") or {})
-        name = receiver_name(rx)
-        simulated.append(
-            SimulatedReceiver(
-                name=name,
-                latitude=rx.latitude,
-                longitude=rx.longitude,
-                altitude_m=rx.altitude_m,
-                freq_offset_khz=rx.freq_offset_khz,
-                antenna=rx.antenna,
-                password=rx.password.get_secret_value() if rx.password else None,
-                faults=(faults or {}).get(name, Faults()),
-                **sim,
-            )
-        )
-    return SimulatedNetwork(simulated, emitter, ports=ports, seed=seed), receivers
-
-
-def _replicate(
-    receivers: list[KiwiSDRReceiver], entries: list[Any], count: int
-) -> tuple[list[KiwiSDRReceiver], list[Any]]:
-    if count < 1:
-        raise ValueError(f"count={count} must be >= 1")
-    out_rx, out_entries = [], []
-    for i in range(count):
-        base, entry = receivers[i % len(receivers)], entries[i % len(entries)]
-        copy = i // len(receivers)
-        rx = base.model_copy(
-            update={"latitude": base.latitude + 0.01 * copy, "longitude": base.longitude}
-        )
-        rx._block_document_name = receiver_name(base) + (f"-{copy + 1}" if copy else "")
-        out_rx.append(rx)
-        out_entries.append(entry)
-    return out_rx, out_entries
-
-
-def bind_urls(network: SimulatedNetwork, receivers: list[KiwiSDRReceiver]) -> None:
-    """Point each receiver at its simulated port (call after ``network.start()``)."""
-    for rx in receivers:
-        rx.url = network.url(receiver_name(rx))

@@ -7,7 +7,6 @@ chosen is always logged, so a run never silently writes somewhere unexpected.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,12 @@ from pathlib import Path
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from prefect_aws import S3Bucket
 from sqlalchemy import Engine
 
 from blocks.configure import DEFAULT_BLOCK_NAME
 from blocks.database import TimescaleDBConnection, sqlite_engine
 from blocks.receiver import KiwiSDRReceiver, check_receiver_name
-from blocks.storage import local_storage
+from blocks.storage import describe, local_storage
 
 RECEIVER_BLOCK_SLUG = "kiwisdr-receiver"
 
@@ -40,19 +38,44 @@ class StorageChoice:
 async def _load_block(ref: str) -> Block:
     try:
         return await Block.aload(ref)
-    except (ValueError, ObjectNotFound) as exc:
-        raise ValueError(f"block {ref!r} could not be loaded: {exc}") from None
+    except (ValueError, RuntimeError, ObjectNotFound) as exc:
+        # Prefect reports a saved block that fails validation as a RuntimeError whose
+        # cause names the fields: keep both.
+        why = f"{exc}" + (f" ({exc.__cause__})" if exc.__cause__ else "")
+        raise ValueError(f"block {ref!r} could not be loaded: {why}") from None
 
 
-async def resolve_storage(spec: str, data_dir: Path) -> StorageChoice:
-    """``"auto"`` | ``"local"`` | ``"<block-type-slug>/<name>"`` -> a filesystem block."""
-    if spec == "auto":
+async def _saved(slug: str, name: str) -> bool:
+    """Is a block ``slug/name`` saved? Asked without importing its block type, so the
+    local default never pays for importing prefect_aws (0.85 s)."""
+    async with get_client() as client:
         try:
-            bucket = await S3Bucket.aload(DEFAULT_BLOCK_NAME)
-        except (ValueError, ObjectNotFound):
+            await client.read_block_document_by_name(name, block_type_slug=slug)
+        except ObjectNotFound:
+            return False
+        except PrefectHTTPStatusError as exc:  # the block type was never registered
+            if exc.response.status_code == 404:
+                return False
+            raise
+    return True
+
+
+async def resolve_storage(spec: str | Block, data_dir: Path) -> StorageChoice:
+    """``"auto"`` | ``"local"`` | ``"<block-type-slug>/<name>"`` | a filesystem block (a
+    block parameter picked in the UI) -> a filesystem block."""
+    if isinstance(spec, Block):
+        if not hasattr(spec, "awrite_path"):
+            raise ValueError(f"storage={type(spec).__name__} is not a writable filesystem block")
+        return StorageChoice(spec, describe(spec))
+    if spec == "auto":
+        # A saved block that fails to load (bad fields, missing module) is an error, never
+        # a silent fall back to the local folder.
+        if not await _saved("s3-bucket", DEFAULT_BLOCK_NAME):
             spec = "local"
         else:
-            return StorageChoice(bucket, f"s3-bucket/{DEFAULT_BLOCK_NAME} ({bucket.bucket_name})")
+            bucket = await _load_block(f"s3-bucket/{DEFAULT_BLOCK_NAME}")
+            name = getattr(bucket, "bucket_name", "?")
+            return StorageChoice(bucket, f"s3-bucket/{DEFAULT_BLOCK_NAME} ({name})")
     if spec == "local":
         folder = data_dir / "recordings"
         return StorageChoice(local_storage(folder), f"local folder {folder}")
@@ -73,14 +96,18 @@ class DatabaseChoice:
     description: str
 
 
-async def resolve_database(spec: str, data_dir: Path) -> DatabaseChoice:
-    """``"auto"`` | ``"sqlite"`` | ``"timescaledb-connection/<name>"`` -> an engine."""
+async def resolve_database(spec: str | TimescaleDBConnection, data_dir: Path) -> DatabaseChoice:
+    """``"auto"`` | ``"sqlite"`` | ``"timescaledb-connection/<name>"`` | a
+    TimescaleDBConnection block (a block parameter) -> an engine."""
+    if isinstance(spec, TimescaleDBConnection):
+        name = spec._block_document_name or f"{spec.host}:{spec.port}/{spec.database}"
+        return DatabaseChoice(spec.get_engine(), f"timescaledb-connection/{name}")
     if spec == "auto":
-        try:
-            block = await TimescaleDBConnection.aload(DEFAULT_BLOCK_NAME)
-        except (ValueError, ObjectNotFound):
-            spec = "sqlite"
+        if not await _saved("timescaledb-connection", DEFAULT_BLOCK_NAME):
+            spec = "sqlite"  # a saved block that fails validation raises below instead
         else:
+            block = await _load_block(f"timescaledb-connection/{DEFAULT_BLOCK_NAME}")
+            assert isinstance(block, TimescaleDBConnection)
             engine = block.get_engine()
             return DatabaseChoice(engine, f"timescaledb-connection/{DEFAULT_BLOCK_NAME}")
     if spec == "sqlite":
@@ -95,19 +122,32 @@ async def resolve_database(spec: str, data_dir: Path) -> DatabaseChoice:
     return DatabaseChoice(block.get_engine(), spec)
 
 
-async def saved_receivers() -> dict[str, KiwiSDRReceiver]:
-    """Every saved KiwiSDRReceiver block, by name."""
+async def saved_receivers(tag: str | None = None) -> dict[str, KiwiSDRReceiver]:
+    """The saved KiwiSDRReceiver blocks, by name, in ONE API call (not one per block).
+
+    With ``tag``, only the documents carrying it are turned into blocks. A saved block
+    that fails validation is an error naming it, never silently left out.
+    """
     async with get_client() as client:
         try:
-            docs = await client.read_block_documents_by_type(block_type_slug=RECEIVER_BLOCK_SLUG)
+            docs = await client.read_block_documents_by_type(
+                block_type_slug=RECEIVER_BLOCK_SLUG, include_secrets=True
+            )
         except (ObjectNotFound, PrefectHTTPStatusError) as exc:
             # 404 "Block type not found": the type was never registered, so none are saved.
             if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
                 raise
             return {}
-    names = sorted(d.name for d in docs if d.name and not d.is_anonymous)
-    loaded = await asyncio.gather(*(KiwiSDRReceiver.aload(n) for n in names))
-    return dict(zip(names, loaded, strict=True))
+    out: dict[str, KiwiSDRReceiver] = {}
+    for doc in sorted((d for d in docs if d.name and not d.is_anonymous), key=lambda d: d.name):
+        if tag and tag not in (doc.data.get("tags") or []):
+            continue
+        try:
+            block = KiwiSDRReceiver._from_block_document(doc)
+        except ValueError as exc:
+            raise ValueError(f"receiver block {doc.name!r} is invalid: {exc}") from None
+        out[str(doc.name)] = block  # type: ignore[assignment]
+    return out
 
 
 def select_receivers(

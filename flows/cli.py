@@ -1,19 +1,37 @@
-"""The flows' shared command line: where to read and write, and running a flow once.
+"""The flows' shared command line: where to read and write, running a flow once, ``--json``.
 
 Every flow module has ``main()`` so ``python -m flows.<name> --help`` works; the options
-that say where data lives are the same everywhere, so they are defined once here.
+that say where data lives, and ``--json``, are the same everywhere, so they are defined
+once here.
+
+``--json`` makes stdout carry exactly one JSON object (the flow's summary) and nothing
+else, so scripts can pipe it to ``jq``. Prefect's console log handler already writes to
+stderr (``stream: ext://sys.stderr`` in prefect/logging/logging.yml); what could still
+reach stdout is a ``print`` in a flow, a library, or a subprocess such as the temporary
+Prefect server that inherits file descriptor 1. In JSON mode the run therefore happens
+with file descriptor 1 pointed at stderr, and only the summary is written to the real
+stdout afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Callable
+import contextlib
+import json as jsonlib
+import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
 def parser(prog: str, description: str | None, *, storage: bool = True) -> argparse.ArgumentParser:
-    """An argument parser with ``--database``, ``--data-dir`` and (optionally) ``--storage``."""
+    """An argument parser with ``--database``, ``--data-dir``, ``--json`` and (optionally)
+    ``--storage``.
+
+    ``--json`` lands in ``args.json``; :func:`run_once` and :func:`run_and_print` take it
+    as a keyword, so ``cli.run_and_print(flow, **vars(args))`` keeps working.
+    """
     p = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
     if storage:
         p.add_argument("--storage", default="auto", help="auto | local | <block-type>/<name>")
@@ -21,16 +39,87 @@ def parser(prog: str, description: str | None, *, storage: bool = True) -> argpa
         "--database", default="auto", help="auto | sqlite | timescaledb-connection/<name>"
     )
     p.add_argument("--data-dir", default=None, help="folder of the local defaults (./data)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object on stdout; logs go to stderr",
+    )
     return p
 
 
-def run_once(flow: Callable[..., Any], **parameters: Any) -> Any:
-    """Run an async flow to its final state (never raises for a Failed state)."""
-    return asyncio.run(flow(**parameters, return_state=True))
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (Python or file descriptor 1) to stderr.
+
+    Subprocesses started inside (the temporary Prefect server) inherit the redirected
+    descriptor and keep it, which is what we want: they must never write on our stdout.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
-def run_and_print(flow: Callable[..., Any], **parameters: Any) -> int:
-    """Run a flow, print its final message; exit status 0 only when it completed."""
-    state = run_once(flow, **parameters)
-    print(state.message)
+def run_once(flow: Callable[..., Any], *, json: bool = False, **parameters: Any) -> Any:
+    """Run an async flow to its final state (never raises for a Failed state).
+
+    With ``json=True`` nothing reaches stdout during the run (see the module docstring).
+    """
+    if not json:
+        return asyncio.run(flow(**parameters, return_state=True))
+    with stdout_to_stderr():
+        return asyncio.run(flow(**parameters, return_state=True))
+
+
+def summary_of(state: Any) -> dict[str, Any]:
+    """A final state as one JSON-ready dict: the flow's result (when it is a dict) plus
+    ``state`` (COMPLETED, FAILED, ...) and ``message``."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, dict):
+        summary = dict(result)
+    elif isinstance(result, BaseException):
+        summary = {"error": f"{type(result).__name__}: {result}"}
+    else:
+        summary = {"result": result}
+    summary.setdefault("message", state.message)
+    summary["state"] = state.type.value
+    return summary
+
+
+def print_json(summary: dict[str, Any]) -> None:
+    """Write one JSON object (and a newline) on stdout; datetimes and the like as text."""
+    sys.stdout.write(jsonlib.dumps(summary, default=str, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities become null (JSON has no such numbers)."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def finish(state: Any, *, json: bool, text: Callable[[Any], str] | None = None) -> int:
+    """Report a final state: one JSON object (``json``) or ``text(state)`` (default: its
+    message) on stdout. Exit status 0 only when the flow completed."""
+    if json:
+        print_json(json_safe(summary_of(state)))
+    else:
+        print(text(state) if text else state.message)
     return 0 if state.is_completed() else 1
+
+
+def run_and_print(flow: Callable[..., Any], *, json: bool = False, **parameters: Any) -> int:
+    """Run a flow, print its final message (or its summary as JSON); exit status 0 only
+    when it completed."""
+    return finish(run_once(flow, json=json, **parameters), json=json)

@@ -27,9 +27,9 @@ from prefect.states import Completed, Failed, State
 
 from blocks.resolve import default_data_dir, resolve_database, resolve_storage, select_receivers
 from flows import cli
-from flows.acquisition import Network, _receivers
 from tasks.capture import StatusCheck, check_status
 from tasks.health import DatabaseHealth, StorageHealth, check_database, check_storage
+from tasks.plan import Network, load_receivers
 
 # Only tunes the simulated network when it is the one checked; /status ignores it.
 SIMULATED_FREQUENCY_HZ = 145_500_000.0
@@ -235,7 +235,7 @@ async def _check_receivers(
     report: HealthReport, network: Network, stack: contextlib.AsyncExitStack
 ) -> None:
     try:
-        available = await _receivers(network, SIMULATED_FREQUENCY_HZ, stack)
+        available = await load_receivers(network, SIMULATED_FREQUENCY_HZ, stack)
         chosen = select_receivers(available, None, None)
     except ValueError as exc:
         report.receivers_error = str(exc)

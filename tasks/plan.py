@@ -1,5 +1,5 @@
-"""Planning an acquisition: validate the request, sort receivers into go / skip, pick the
-common start instant.
+"""Planning an acquisition: validate the request, load the receivers, sort them into go /
+skip.
 
 Everything that can be known before capturing is checked here, so a bad request fails in
 milliseconds with a message naming the field, instead of as seven failed captures.
@@ -7,11 +7,14 @@ milliseconds with a message naming the field, instead of as seven failed capture
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from blocks.receiver import KiwiSDRReceiver
+from tasks.capture import StatusCheck
 from tasks.kiwisdr.client import MAX_DURATION_S, MIN_DURATION_S
 
 MIN_FREQUENCY_HZ = 10e3
@@ -38,16 +41,6 @@ def validate_request(frequency_hz: float, duration_s: float) -> None:
     """Refuse parameters no receiver could satisfy."""
     check_range(frequency_hz, "frequency_hz", MIN_FREQUENCY_HZ, MAX_FREQUENCY_HZ, "Hz")
     check_range(duration_s, "duration_s", MIN_DURATION_S, MAX_DURATION_S, "s")
-
-
-@dataclass
-class Plan:
-    """Receivers to capture, receivers skipped (with the reason), and the start instant."""
-
-    acquisition_id: str
-    start_at: datetime
-    go: dict[str, KiwiSDRReceiver] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def split_by_frequency(
@@ -78,13 +71,66 @@ def split_by_frequency(
     return go, skipped
 
 
-def choose_start(lead_s: float = 2.0, receivers: int = 1, now: datetime | None = None) -> datetime:
-    """The common start instant: the first whole UTC second after ``lead_s`` from now.
+Network = Literal["auto", "simulated", "blocks"]
 
-    The lead covers every capture task connecting and finishing its handshake (tens of ms
-    each on a LAN, up to a second or two to a remote KiwiSDR), plus ~20 ms per receiver
-    for the task runner to start them, so all first samples sit on the same instant.
-    """
-    now = now or datetime.now(UTC)
-    t = now + timedelta(seconds=lead_s + 0.02 * receivers)
-    return t.replace(microsecond=0) + timedelta(seconds=1)
+
+@dataclass(frozen=True)
+class SimulatedOptions:
+    """How to build the simulated network when it is the one used."""
+
+    receivers: int | None = None  # None: the seed network's seven
+    emitter_at: tuple[float, float] | None = None
+    modulation: str | None = None
+
+
+async def load_receivers(
+    network: Network,
+    frequency_hz: float,
+    stack: contextlib.AsyncExitStack,
+    *,
+    tag: str | None = None,
+    simulated: SimulatedOptions | None = None,
+    log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+) -> dict[str, KiwiSDRReceiver]:
+    """Saved receiver blocks (one bulk read), or the simulated network started for this
+    run (stopped by ``stack``). ``auto`` means blocks when any are saved."""
+    from blocks.resolve import saved_receivers
+
+    log = log or logging.getLogger(__name__)
+    if network not in ("auto", "simulated", "blocks"):
+        raise PlanError(f"network={network!r}: use 'auto', 'simulated' or 'blocks'")
+    if network in ("auto", "blocks"):
+        saved = await saved_receivers(tag)
+        if saved or network == "blocks":
+            if not saved:
+                raise PlanError("network='blocks' but no KiwiSDR Receiver blocks are saved")
+            log.info("using %d saved KiwiSDR Receiver blocks", len(saved))
+            return saved
+    from tasks.kiwisdr.network import bind_urls, simulated_network
+
+    options = simulated or SimulatedOptions()
+    sim, configs = simulated_network(
+        frequency_hz=frequency_hz,
+        count=options.receivers,
+        emitter_at=options.emitter_at,
+        modulation=options.modulation,
+    )
+    stack.enter_context(sim)
+    bind_urls(sim, configs)
+    log.info("using the simulated network (%d receivers on loopback)", len(configs))
+    return {c._block_document_name or "": c for c in configs}
+
+
+def skip_reason(check: StatusCheck, require_gps: bool) -> str | None:
+    """Why a receiver is skipped after its /status check, or None to capture it."""
+    if not check.ok:
+        return check.reason
+    if require_gps and check.status is not None and not check.status.gps_fix:
+        return "no GPS fix (gps_good=0): timestamps would come from a host clock"
+    return None
+
+
+def without_gps_fix(checks: dict[str, StatusCheck]) -> list[str]:
+    """Reachable receivers whose /status shows no GPS fix: captured, but their timestamps
+    come from a host clock (flagged ``gps_fix=false``)."""
+    return [n for n, c in checks.items() if c.ok and c.status is not None and not c.status.gps_fix]

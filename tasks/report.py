@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 from prefect.artifacts import (
@@ -33,25 +33,52 @@ def sparkline(density: np.ndarray, bins: int = 48, span_db: float = 40.0) -> str
     return "".join(_BARS[i] for i in np.rint(level * (len(_BARS) - 1)).astype(int))
 
 
+Status = Literal["ok", "failed", "skipped", "spooled"]
+
+
 @dataclass
 class ReceiverOutcome:
-    """What happened to one receiver in one acquisition."""
+    """What happened to one receiver in one acquisition: the one record that travels
+    through plan -> capture -> process -> store -> record -> report.
+
+    ``status`` is ``ok`` (stored), ``spooled`` (measured, but storage refused it: the
+    recording waits in the local spool for reconcile), ``failed`` or ``skipped``.
+    ``row`` holds the measurements once the capture was processed.
+    """
 
     receiver: str
-    status: str  # ok | failed | skipped
+    status: Status
     error: str | None = None
-    snr_db: float | None = None
-    frequency_offset_hz: float | None = None
-    power_dbfs: float | None = None
-    sample_count: int | None = None
-    location: str | None = None
     attempts: int = 0
+    row: dict[str, Any] | None = None
+    object_key: str | None = None
+    location: str | None = None
     spectrum: str = ""
+
+    def measured(self, field_name: str) -> Any:
+        return (self.row or {}).get(field_name)
+
+    def brief(self) -> dict[str, Any]:
+        """The outcome as the summary shows it (JSON-ready, no samples, no row)."""
+        return {
+            "receiver": self.receiver,
+            "status": self.status,
+            "error": self.error,
+            "attempts": self.attempts,
+            "snr_db": self.measured("snr_db"),
+            "frequency_offset_hz": self.measured("frequency_offset_hz"),
+            "power_dbfs": self.measured("power_dbfs"),
+            "sample_count": self.measured("sample_count"),
+            "object_key": self.object_key,
+            "location": self.location,
+            "spectrum": self.spectrum,
+        }
 
 
 @dataclass
 class AcquisitionSummary:
-    """What ``acquire`` returns: enough to print, assert on, or feed the next flow."""
+    """What ``acquire`` returns (as :meth:`as_dict`): enough to print, assert on, or feed
+    the next flow."""
 
     acquisition_id: str
     frequency_hz: float
@@ -62,8 +89,8 @@ class AcquisitionSummary:
     receivers: list[ReceiverOutcome] = field(default_factory=list)
     rows_recorded: int = 0
     record_error: str | None = None
-    # Latest minus earliest first-sample time of the ok receivers: how well the captures
-    # share one instant (one 512-sample frame is ~43 ms; GPS timing is kept per frame).
+    # Latest minus earliest first-sample time of the ok receivers with GPS: how well the
+    # captures share one instant.
     start_spread_ms: float | None = None
 
     def count(self, status: str) -> int:
@@ -76,7 +103,7 @@ class AcquisitionSummary:
     @property
     def message(self) -> str:
         text = f"{self.ok}/{len(self.receivers)} receivers ok"
-        extra = [f"{n} {s}" for s in ("failed", "skipped") if (n := self.count(s))]
+        extra = [f"{n} {s}" for s in ("failed", "spooled", "skipped") if (n := self.count(s))]
         if extra:
             text += f" ({', '.join(extra)})"
         if self.record_error:
@@ -84,7 +111,20 @@ class AcquisitionSummary:
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok, "message": self.message}
+        return {
+            "acquisition_id": self.acquisition_id,
+            "frequency_hz": self.frequency_hz,
+            "duration_s": self.duration_s,
+            "start_at": self.start_at,
+            "storage": self.storage,
+            "database": self.database,
+            "receivers": [r.brief() for r in self.receivers],
+            "rows_recorded": self.rows_recorded,
+            "record_error": self.record_error,
+            "start_spread_ms": self.start_spread_ms,
+            "ok": self.ok,
+            "message": self.message,
+        }
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -93,23 +133,25 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec)
 
 
-def table_rows(summary: AcquisitionSummary) -> list[dict[str, str]]:
+def table_rows(receivers: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One text row per receiver, from the summary's receivers (:meth:`ReceiverOutcome.brief`)."""
     return [
         {
-            "receiver": r.receiver,
-            "status": r.status,
-            "snr_db": _fmt(r.snr_db, ".1f"),
-            "frequency_offset_hz": _fmt(r.frequency_offset_hz, "+.2f"),
-            "samples": "-" if r.sample_count is None else str(r.sample_count),
-            "recording": r.location or (r.error or "-"),
+            "receiver": r["receiver"],
+            "status": r["status"],
+            "snr_db": _fmt(r.get("snr_db"), ".1f"),
+            "frequency_offset_hz": _fmt(r.get("frequency_offset_hz"), "+.2f"),
+            "samples": "-" if r.get("sample_count") is None else str(r["sample_count"]),
+            "recording": r.get("location") or (r.get("error") or "-"),
         }
-        for r in summary.receivers
+        for r in receivers
     ]
 
 
-def format_table(summary: AcquisitionSummary) -> str:
-    """Plain-text table for terminals: one line per receiver."""
-    rows = table_rows(summary)
+def format_table(summary: dict[str, Any]) -> str:
+    """Plain-text table for terminals, one line per receiver, from ``summary.as_dict()``
+    (what the flow returns), so a CLI can print a finished run's result as it is."""
+    rows = table_rows(summary["receivers"])
     headers = ["receiver", "status", "SNR dB", "offset Hz", "samples", "recording / error"]
     keys = ["receiver", "status", "snr_db", "frequency_offset_hz", "samples", "recording"]
     widths = [
@@ -124,11 +166,22 @@ def format_table(summary: AcquisitionSummary) -> str:
     return "\n".join(lines)
 
 
+def start_spread_ms(outcomes: list[ReceiverOutcome]) -> float | None:
+    """Latest minus earliest first sample of the ok receivers with a GPS fix (ms)."""
+    starts = [
+        o.row["time"] for o in outcomes if o.status == "ok" and o.row and o.row.get("gps_fix")
+    ]
+    if not starts:
+        return None
+    return (max(starts) - min(starts)).total_seconds() * 1e3
+
+
 async def publish(summary: AcquisitionSummary) -> None:
     """Table and markdown artifacts for the Prefect UI."""
+    receivers = [r.brief() for r in summary.receivers]
     await acreate_table_artifact(
         key="acquisition-receivers",
-        table=table_rows(summary),
+        table=table_rows(receivers),
         description=f"Acquisition {summary.acquisition_id}: {summary.message}",
     )
     md = [
@@ -147,7 +200,7 @@ async def publish(summary: AcquisitionSummary) -> None:
     md += [
         f"| {r['receiver']} | {r['status']} | {r['snr_db']} | {r['frequency_offset_hz']} | "
         f"{r['samples']} | `{o.spectrum or '-'}` | {r['recording'].replace('|', '/')} |"
-        for r, o in zip(table_rows(summary), summary.receivers, strict=True)
+        for r, o in zip(table_rows(receivers), summary.receivers, strict=True)
     ]
     await acreate_markdown_artifact(
         key="acquisition-summary", markdown="\n".join(md), description=summary.message

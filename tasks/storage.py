@@ -14,6 +14,7 @@ decides where the bytes go.
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ __all__ = [
     "MissingObjectError",
     "StorageError",
     "StorageKeyError",
+    "StoreOutcome",
     "StoredAcquisition",
     "StoredRecording",
     "acquisition_prefix",
@@ -75,6 +77,7 @@ __all__ = [
     "spool_folder",
     "spool_recording",
     "store",
+    "store_or_spool",
     "unspool",
 ]
 
@@ -532,6 +535,83 @@ async def spool_recording(folder: Path, key: str, recording: Recording) -> Store
             f"key={key!r} is not a recording key ({PREFIX}/YYYY/MM/DD/<acquisition>/<receiver>)"
         )
     return await save_recording(local_storage(folder), key, recording)
+
+
+# An S3 endpoint that accepts connections but never answers would otherwise hold a run
+# for botocore's read timeout x its attempts x our retries (8 min measured); past this
+# deadline the recording goes to the spool instead.
+STORE_DEADLINE_S = 60.0
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """Where a recording went: storage (``spooled`` False) or the local spool (with why)."""
+
+    stored: StoredRecording
+    spooled: bool
+    attempts: int
+    error: str | None = None
+
+
+async def store_or_spool(
+    fs: FileSystem,
+    key: str,
+    recording: Recording,
+    spool: Path,
+    *,
+    deadline_s: float = STORE_DEADLINE_S,
+    retries: int = STORE_RETRIES,
+    backoff_s: float = 2.0,
+) -> StoreOutcome:
+    """Save a recording, retrying transient errors with backoff, within an overall
+    deadline; when storage refuses it for good or the deadline passes, spool it.
+
+    Args:
+        fs: the storage block.
+        key: the recording's key without extension (:func:`recording_key`).
+        recording: what to store.
+        spool: the spool folder (:func:`spool_folder`).
+        deadline_s: the whole store step's time limit, retries included.
+        retries: attempts after the first, for transient errors only.
+        backoff_s: the first retry's delay (doubling, with up to 50 % jitter).
+
+    Returns:
+        A :class:`StoreOutcome`.
+
+    Raises:
+        StorageError: (or whatever the spool raised) when the spool failed too; its
+            message carries both errors, since the recording is then lost.
+    """
+    attempts = 0
+
+    async def attempt_all() -> StoredRecording:
+        nonlocal attempts
+        while True:
+            attempts += 1
+            try:
+                return await save_recording(fs, key, recording)
+            except Exception as exc:
+                if attempts > retries or not is_transient(exc):
+                    raise
+                await asyncio.sleep(backoff_s * 2 ** (attempts - 1) * (1 + 0.5 * random.random()))
+
+    try:
+        stored = await asyncio.wait_for(attempt_all(), deadline_s)
+        return StoreOutcome(stored, spooled=False, attempts=attempts)
+    except Exception as exc:
+        if isinstance(exc, TimeoutError):
+            why = f"store failed: no answer within the {deadline_s:g} s deadline"
+        else:
+            why = f"store failed: {type(exc).__name__}: {exc}"
+        try:
+            spooled = await spool_recording(spool, key, recording)
+        except Exception as spool_exc:
+            raise StorageError(
+                f"{why}; spooling failed too: {type(spool_exc).__name__}: {spool_exc}"
+            ) from spool_exc
+        return StoreOutcome(
+            spooled, spooled=True, attempts=attempts, error=f"{why}; spooled to {spooled.location}"
+        )
 
 
 async def list_spool(folder: Path) -> list[StoredAcquisition]:

@@ -16,9 +16,10 @@ import pytest
 from sqlalchemy import text
 
 from blocks.database import sqlite_engine, timescaledb_from_env
-from blocks.receiver import bind_urls, receiver_name, simulated_network
+from blocks.receiver import receiver_name
 from blocks.storage import minio_bucket_from_env
 from flows.acquisition import acquire
+from tasks.kiwisdr.network import bind_urls, simulated_network
 from tasks.kiwisdr.simulator import Faults
 from tasks.recording import read_recording
 from tasks.records import measurements_for
@@ -157,13 +158,50 @@ def test_failing_receivers_do_not_fail_the_others(prefect_server: None, tmp_path
 
 
 def test_bad_request_fails_fast_with_field_and_range(prefect_server: None, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"duration_s=0\.0 is out of range \[0\.05, 600"):
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(
+        ParameterTypeError, match=r"duration_s: Input should be greater than or equal to 0\.05"
+    ):
         asyncio.run(acquire(duration_s=0.0, network="simulated", data_dir=str(tmp_path)))
+    with pytest.raises(
+        ParameterTypeError, match=r"duration_s: Input should be less than or equal to 600"
+    ):
+        asyncio.run(acquire(duration_s=601.0, network="simulated", data_dir=str(tmp_path)))
     with pytest.raises(
         ValueError, match=r"frequency_hz=1000000 is outside every selected receiver"
     ):
         asyncio.run(acquire(frequency_hz=1e6, network="simulated", data_dir=str(tmp_path)))
     assert not (tmp_path / "rf_acquisition.db").exists()
+
+
+def test_server_refuses_out_of_range_parameters_before_a_run_exists(
+    prefect_server: None, unique: str
+) -> None:
+    """The deployment's parameter schema carries the ranges: creating a flow run with
+    duration_s=-1 is refused by the server, and no run is created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    async def go() -> tuple[str, int]:
+        deployment = await acquire.ato_deployment(name=f"ranges-{unique}")
+        deployment_id = await deployment.apply()
+        async with get_client() as client:
+            with pytest.raises(PrefectHTTPStatusError) as refused:
+                await client.create_flow_run_from_deployment(
+                    deployment_id, parameters={"duration_s": -1}
+                )
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])
+                )
+            )
+        return refused.value.response.text, len(runs)
+
+    text, runs = asyncio.run(go())
+    assert "duration_s" in text and "-1" in text
+    assert runs == 0
 
 
 @pytest.mark.integration
@@ -264,3 +302,107 @@ def test_storage_refusing_writes_spools_and_reconcile_uploads(
     keys = {o["Key"] for o in good.list_objects("acquisitions")}
     assert {f"spool-{unique}/{r['object_key']}" for r in rows} <= keys
     assert not list((tmp_path / "spool").rglob("*.npy"))
+
+
+def test_json_option_prints_one_object_and_nothing_else(
+    prefect_server: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``--json``: stdout is exactly one JSON object (the summary), nothing else."""
+    from flows.acquisition import main
+
+    status = main(
+        [
+            "--network=simulated",
+            "--storage=local",
+            "--database=sqlite",
+            f"--data-dir={tmp_path}",
+            "--duration-s=0.3",
+            "--json",
+        ]
+    )
+    out, _ = capfd.readouterr()
+    assert status == 0
+    summary = json.loads(out)  # raises if anything but one JSON document is on stdout
+    assert out.count("\n") == 1
+    assert summary["state"] == "COMPLETED"
+    assert summary["message"] == "7/7 receivers ok"
+    assert len(summary["receivers"]) == 7
+
+
+def test_a_saved_block_that_fails_validation_is_an_error(
+    prefect_server: None, tmp_path: Path, unique: str
+) -> None:
+    """Never a silent fall back: a broken saved receiver or storage block stops the run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentUpdate
+
+    from blocks.configure import DEFAULT_BLOCK_NAME
+    from blocks.resolve import resolve_storage, saved_receivers
+    from blocks.storage import minio_bucket
+
+    _, receivers = simulated_network(frequency_hz=FREQUENCY_HZ)
+    name = f"broken-{unique}"
+    receivers[0].save(name, overwrite=True)
+    bucket = minio_bucket(
+        endpoint_url="http://127.0.0.1:9", access_key="k", secret_key="s", bucket="b"
+    )
+    bucket.save(DEFAULT_BLOCK_NAME, overwrite=True)
+
+    async def break_and_load() -> tuple[str, str]:
+        async with get_client() as client:
+            rx = await client.read_block_document_by_name(name, "kiwisdr-receiver")
+            s3 = await client.read_block_document_by_name(DEFAULT_BLOCK_NAME, "s3-bucket")
+            try:
+                await client.update_block_document(
+                    rx.id, BlockDocumentUpdate(data={**rx.data, "latitude": 123.0})
+                )
+                with pytest.raises(ValueError) as bad_receiver:
+                    await saved_receivers()
+                data = {k: v for k, v in s3.data.items() if k != "bucket_name"}
+                await client.update_block_document(
+                    s3.id, BlockDocumentUpdate(data=data, merge_existing_data=False)
+                )
+                with pytest.raises(ValueError) as bad_storage:
+                    await resolve_storage("auto", tmp_path)
+            finally:
+                await client.delete_block_document(rx.id)
+                await client.delete_block_document(s3.id)
+            assert name not in await saved_receivers()
+            local = await resolve_storage("auto", tmp_path)  # nothing saved: the local default
+            assert local.description == f"local folder {tmp_path / 'recordings'}"
+        return str(bad_receiver.value), str(bad_storage.value)
+
+    receiver_error, storage_error = asyncio.run(break_and_load())
+    assert f"receiver block {name!r} is invalid" in receiver_error
+    assert "latitude" in receiver_error
+    assert f"block 's3-bucket/{DEFAULT_BLOCK_NAME}' could not be loaded" in storage_error
+    assert "bucket_name" in storage_error
+
+
+def test_blocks_are_flow_parameters(prefect_server: None, tmp_path: Path) -> None:
+    """The UI offers block pickers for storage and database; Python passes blocks."""
+    from prefect.utilities.callables import parameter_schema
+
+    from blocks.storage import local_storage
+
+    schema = parameter_schema(acquire).model_dump()
+    refs = {a.get("$ref") for a in schema["properties"]["storage"]["anyOf"]}
+    assert {"#/definitions/S3Bucket", "#/definitions/LocalFileSystem"} <= refs
+    assert schema["definitions"]["S3Bucket"]["block_type_slug"] == "s3-bucket"
+    db_refs = {a.get("$ref") for a in schema["properties"]["database"]["anyOf"]}
+    assert "#/definitions/TimescaleDBConnection" in db_refs
+    assert schema["properties"]["duration_s"]["minimum"] == 0.05
+    assert schema["properties"]["duration_s"]["maximum"] == 600.0
+
+    elsewhere = tmp_path / "elsewhere"
+    state = run(
+        duration_s=0.3,
+        network="simulated",
+        storage=local_storage(elsewhere),
+        database="sqlite",
+        data_dir=str(tmp_path),
+    )
+    assert state.is_completed(), state.message
+    assert state.result()["storage"] == f"local folder {elsewhere}"
+    assert len(list(elsewhere.rglob("*.npy"))) == 7
+    assert not (tmp_path / "recordings").exists()

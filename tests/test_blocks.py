@@ -17,11 +17,11 @@ from blocks.receiver import (
     check_receiver_name,
     load_receiver_file,
     seed_network_path,
-    simulated_network,
 )
 from blocks.resolve import select_receivers
 from blocks.settings import PostgresSettings
 from blocks.storage import minio_bucket_from_env, minio_bucket_from_settings
+from tasks.kiwisdr.network import simulated_network
 
 
 def test_seed_network_loads_with_the_design_positions() -> None:

@@ -124,7 +124,7 @@ def test_smeter_conversions() -> None:
 def test_simulator_frames_parse_the_way_kiwiclient_reads_them() -> None:
     """kiwirecorder's IQ path reads: '<BI' flags+seq, '>H' smeter, '<BBII' GPS, '>h' samples,
     offsets taken after the 3-byte tag. Parse a simulator frame exactly that way."""
-    from blocks.receiver import simulated_network
+    from tasks.kiwisdr.network import simulated_network
 
     network, _ = simulated_network()
     iq, _ = network.frame_iq("torino", 512 * 1000, 145.5e6, (-5000.0, 5000.0))

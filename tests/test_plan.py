@@ -3,24 +3,58 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+import threading
+import time
 
 import pytest
 
-from blocks.receiver import KiwiSDRReceiver, simulated_network
+from blocks.receiver import KiwiSDRReceiver
 from blocks.resolve import select_receivers
-from tasks.capture import check_status
+from tasks.capture import StartBarrier, check_status, ns_to_datetime, start_margin_s
+from tasks.kiwisdr.network import simulated_network
 from tasks.kiwisdr.status import parse_status
-from tasks.plan import choose_start
 
 
-def test_start_is_a_whole_second_after_the_lead() -> None:
-    now = datetime(2026, 11, 28, 12, 0, 0, 900_000, tzinfo=UTC)
-    start = choose_start(2.0, receivers=7, now=now)
-    # 12:00:00.9 + 2 s + 7 x 20 ms = 12:00:03.04 -> the next whole second
-    assert start == datetime(2026, 11, 28, 12, 0, 4, tzinfo=UTC)
-    assert start - now >= timedelta(seconds=2.14)
-    assert choose_start(0.5, 1, now=now) == datetime(2026, 11, 28, 12, 0, 2, tzinfo=UTC)
+def test_start_instant_is_fixed_when_all_captures_are_ready() -> None:
+    """Three captures in three threads (each with its own event loop, like the task
+    runner's): the instant is set when the last is ready, plus the margin, to the us."""
+    barrier = StartBarrier(3, margin_s=0.25, timeout_s=5.0)
+    got: list[int] = []
+    ready_at: list[int] = []
+
+    def party(delay_s: float) -> None:
+        time.sleep(delay_s)
+        ready_at.append(time.time_ns())
+        got.append(asyncio.run(barrier.ready()))
+
+    threads = [threading.Thread(target=party, args=(d,)) for d in (0.0, 0.1, 0.3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(set(got)) == 1
+    instant = got[0]
+    assert instant % 1000 == 0  # whole microseconds, no whole-second round-up
+    lead_ns = instant - max(ready_at)
+    assert 0.25e9 <= lead_ns < 0.25e9 + 50e6
+    assert ns_to_datetime(instant).timestamp() == pytest.approx(instant / 1e9, abs=1e-6)
+
+
+def test_start_instant_does_not_wait_for_a_capture_that_never_comes() -> None:
+    barrier = StartBarrier(3, margin_s=0.1, timeout_s=0.3)
+    barrier.leave()  # one receiver dropped out before capturing
+    t0 = time.time_ns()
+    instant = asyncio.run(barrier.ready())  # the third never arrives: the timeout rules
+    waited = time.time_ns() - t0
+    assert 0.3e9 <= waited < 1.0e9
+    assert instant - t0 - waited + 50e6 >= 0.1e9
+    assert asyncio.run(barrier.ready()) == instant  # a late party gets the same instant
+
+
+def test_margin_grows_with_round_trips_and_receivers() -> None:
+    assert start_margin_s([0.01, None, 0.02], 7) == pytest.approx(0.2 + 4 * 0.02 + 7 * 0.004)
+    assert start_margin_s([], 200) == pytest.approx(0.2 + 4 * 0.05 + 200 * 0.004)
+    assert start_margin_s([100.0], 1) == 30.0
 
 
 def test_status_page_without_a_fix_parses() -> None:
@@ -43,3 +77,21 @@ def test_named_disabled_receiver_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"receivers: torino disabled \(enabled: false"):
         select_receivers(available, ["torino", "genova"], None)
     assert "torino" not in select_receivers(available, None, None)
+
+
+def test_simulated_network_scales_around_the_seed_area() -> None:
+    network, receivers = simulated_network(count=50, emitter_at=(45.1, 8.3), modulation="bpsk")
+    names = [r._block_document_name for r in receivers]
+    assert len(set(names)) == 50 and names[7] == "aquila-di-giaveno-2"
+    seed = {r._block_document_name: r for r in receivers[:7]}
+    for rx in receivers[7:]:
+        base = seed[rx._block_document_name.rsplit("-", 1)[0]]
+        assert abs(rx.latitude - base.latitude) + abs(rx.longitude - base.longitude) > 0
+        assert abs(rx.latitude - base.latitude) <= 0.3 + 1e-9
+    positions = {(round(r.latitude, 6), round(r.longitude, 6)) for r in receivers}
+    assert len(positions) == 50  # no two receivers on the same spot
+    assert (network.emitter.latitude, network.emitter.longitude) == (45.1, 8.3)
+    assert network.emitter.modulation == "bpsk"
+    assert set(network.receivers) == set(names)
+    with pytest.raises(ValueError, match="modulation"):
+        simulated_network(modulation="no-such-modulation")

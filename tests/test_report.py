@@ -23,9 +23,7 @@ def test_summary_message_and_table() -> None:
         ReceiverOutcome(
             "torino",
             "ok",
-            snr_db=25.44,
-            frequency_offset_hz=-14.5,
-            sample_count=24064,
+            row={"snr_db": 25.44, "frequency_offset_hz": -14.5, "sample_count": 24064},
             location="/data/torino.npy",
         ),
         ReceiverOutcome("genova", "failed", error="capture failed: ReceiverBusy: all 4 channels"),
@@ -36,7 +34,7 @@ def test_summary_message_and_table() -> None:
     assert s.message.endswith(
         "rows missing for acquisition a1: OperationalError: connection refused"
     )
-    lines = format_table(s).splitlines()
+    lines = format_table(s.as_dict()).splitlines()
     assert lines[0].split()[:3] == ["receiver", "status", "SNR"]
     assert lines[2].split() == ["torino", "ok", "25.4", "-14.50", "24064", "/data/torino.npy"]
     assert "ReceiverBusy" in lines[3] and lines[3].split()[2:5] == ["-", "-", "-"]

@@ -668,7 +668,7 @@ def _unused_port(host: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve a simulated network until interrupted (for kiwiclient or manual testing)."""
-    from blocks.receiver import simulated_network
+    from tasks.kiwisdr.network import simulated_network
 
     parser = argparse.ArgumentParser(description="Serve simulated KiwiSDR receivers.")
     parser.add_argument("--network", default="seed", help="'seed' or a receiver YAML/JSON file")
