@@ -5,9 +5,10 @@ password or an untunable frequency fails at once, so the acquisition window is n
 and the receiver is not hammered.
 
 The start instant is fixed by a :class:`StartBarrier` once every capture of the
-acquisition has started (or a timeout passed), as ``now + margin``: the margin covers
-connecting and tuning, measured from the receivers' ``/status`` round trips. It never
-depends on how long the task runner took to start the captures, so it holds at any size.
+acquisition is connected, tuned and streaming (or a timeout passed), as ``now + margin``;
+the sessions keep their frames meanwhile, and each capture is then trimmed to the first
+sample at the instant on its own fitted GPS time axis. It never depends on how long the
+task runner took to start the captures, so it holds at any size.
 """
 
 from __future__ import annotations
@@ -171,21 +172,24 @@ async def capture(name: str, receiver: KiwiSDRReceiver, settings: CaptureSetting
 
 # --------------------------------------------------------------------------- alignment
 
-# Connecting and tuning takes a few round trips (TCP, websocket upgrade, auth, the
-# server's MSG burst, the tuning commands), plus local CPU per concurrent handshake.
+# The instant is fixed once every capture is tuned and streaming, with its frames
+# buffered, so it needs no lead for connecting or tuning. It lies a little ahead of "now"
+# only because "now" is the host's clock while samples are placed on GPS time: the margin
+# covers a host clock behind GPS (NTP keeps that to milliseconds) and one network trip.
 MIN_START_MARGIN_S = 0.2
-ROUND_TRIPS_TO_TUNE = 4
-HANDSHAKE_CPU_S = 0.004
 MAX_START_MARGIN_S = 30.0
 
 
 def start_margin_s(round_trips_s: Sequence[float | None], captures: int) -> float:
     """How long after the last capture is ready the common instant lies: the slowest
-    measured round trip times the round trips a session needs to be tuned, plus the
-    local cost of ``captures`` handshakes at once; at least ``MIN_START_MARGIN_S``."""
+    measured ``/status`` round trip plus ``MIN_START_MARGIN_S``, capped.
+
+    ``captures`` no longer matters (every capture is already streaming when the instant
+    is set) and is kept for callers that pass it.
+    """
+    del captures
     slowest = max((r for r in round_trips_s if r is not None), default=0.05)
-    margin = MIN_START_MARGIN_S + ROUND_TRIPS_TO_TUNE * slowest + HANDSHAKE_CPU_S * captures
-    return min(margin, MAX_START_MARGIN_S)
+    return min(MIN_START_MARGIN_S + slowest, MAX_START_MARGIN_S)
 
 
 def ns_to_datetime(ns: int) -> datetime:
@@ -278,30 +282,41 @@ async def capture_at(
 ) -> Capture:
     """Capture from ``receiver`` at the barrier's instant, retrying transient errors.
 
-    A retry starts at once (late data beats no data; its recorded start says how late).
+    The session joins the barrier once it is tuned and streaming, and keeps every frame
+    until the instant is known, so the instant needs no lead for connecting and tuning.
+    A retry aims at the same instant, or starts at once when it has passed (late data
+    beats no data; its recorded start says how late).
 
     Raises:
         StageFailed: a permanent error, or transient ones on every attempt.
     """
-    start_ns = await barrier.ready()
-    first = replace(settings, start_at=ns_to_datetime(start_ns), gain_db=receiver.gain_db)
+    asked = False
+
+    async def instant() -> int:
+        # Called by the session once it is tuned and streaming: the barrier then fixes the
+        # instant when every capture is really receiving, not when its task started.
+        nonlocal asked
+        asked = True
+        return await barrier.ready()
+
+    first = replace(settings, start_at=None, gain_db=receiver.gain_db)
     for attempt in range(1, attempts + 1):
-        this = first if attempt == 1 else replace(first, start_at=None)
-        if attempt == 1 and first.start_at is not None and first.start_at <= datetime.now(UTC):
-            late = (datetime.now(UTC) - first.start_at).total_seconds()
-            log.warning(
-                "%s: start instant passed %.3f s ago; capturing now (not aligned)", name, late
-            )
         try:
             result = await capture_iq(
                 receiver.url,
-                this,
+                first,
                 receiver=name,
                 password=receiver.password.get_secret_value() if receiver.password else None,
                 freq_offset_khz=receiver.freq_offset_khz,
                 tunable_range_hz=receiver.tunable_range_hz,
+                start_instant=instant if attempt == 1 else None,
             )
         except Exception as exc:
+            if attempt == 1 and not asked:
+                barrier.leave()  # never reached the barrier: the others must not wait for it
+            # A retry aims at the same instant: aligned if it is still ahead, and otherwise
+            # at once, with its lateness recorded (late data beats none).
+            first = replace(first, start_at=barrier.instant_ns)
             if attempt == attempts or not is_transient(exc):
                 raise StageFailed("capture", exc, attempt) from exc
             delay = backoff_s * 2 ** (attempt - 1) * (1 + 0.5 * random.random())

@@ -167,12 +167,15 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def start_spread_ms(outcomes: list[ReceiverOutcome]) -> float | None:
-    """Latest minus earliest first sample of the ok receivers with a GPS fix (ms)."""
-    starts = [
-        o.row["time"] for o in outcomes if o.status == "ok" and o.row and o.row.get("gps_fix")
-    ]
-    if not starts:
+    """Latest minus earliest first sample of the ok receivers with a GPS fix (ms), from
+    each recording's fitted UTC of sample 0 in integer ns where it has one."""
+    rows = [o.row for o in outcomes if o.status == "ok" and o.row and o.row.get("gps_fix")]
+    if not rows:
         return None
+    if all(r.get("first_sample_ns") is not None for r in rows):
+        ns = [int(r["first_sample_ns"]) for r in rows]
+        return (max(ns) - min(ns)) / 1e6
+    starts = [r["time"] for r in rows]
     return (max(starts) - min(starts)).total_seconds() * 1e3
 
 

@@ -51,9 +51,9 @@ def test_start_instant_does_not_wait_for_a_capture_that_never_comes() -> None:
     assert asyncio.run(barrier.ready()) == instant  # a late party gets the same instant
 
 
-def test_margin_grows_with_round_trips_and_receivers() -> None:
-    assert start_margin_s([0.01, None, 0.02], 7) == pytest.approx(0.2 + 4 * 0.02 + 7 * 0.004)
-    assert start_margin_s([], 200) == pytest.approx(0.2 + 4 * 0.05 + 200 * 0.004)
+def test_margin_is_one_slow_round_trip_past_the_host_clock_allowance() -> None:
+    assert start_margin_s([0.01, None, 0.02], 7) == pytest.approx(0.2 + 0.02)
+    assert start_margin_s([], 200) == pytest.approx(0.2 + 0.05)
     assert start_margin_s([100.0], 1) == 30.0
 
 

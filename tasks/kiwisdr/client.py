@@ -21,6 +21,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -229,6 +230,7 @@ async def capture_iq(
     password: str | None = None,
     freq_offset_khz: float = 0.0,
     tunable_range_hz: tuple[float, float] | None = None,
+    start_instant: Callable[[], Awaitable[int]] | None = None,
 ) -> Capture:
     """Record one IQ capture from the KiwiSDR at ``base_url``.
 
@@ -240,6 +242,11 @@ async def capture_iq(
         freq_offset_khz: the configured down-converter offset; the server's own
             ``freq_offset`` wins when it sends one.
         tunable_range_hz: RF range this receiver can tune; checked before connecting.
+        start_instant: called once the session is tuned and its first IQ frame has
+            arrived; returns the common start instant (integer ns since 1970) while the
+            frames keep being buffered. This is how captures of one acquisition agree on
+            an instant only when all of them are really streaming. Overrides
+            ``settings.start_at``.
 
     Returns:
         A :class:`Capture` with complex64 samples (full scale 1.0).
@@ -257,7 +264,8 @@ async def capture_iq(
         )
     url = base_url
     for _ in range(2):  # the original URL plus one redirect
-        session = _Session(receiver, settings, password, freq_offset_khz)
+        session = _Session(receiver, settings, password, freq_offset_khz, start_instant)
+        start_instant = None  # asked once: a redirected session starts when it can
         redirect = await session.run(url)
         if redirect is None:
             assert session.result is not None
@@ -275,8 +283,15 @@ class _Session:
     """State of one websocket session; ``run`` returns a redirect URL or sets ``result``."""
 
     def __init__(
-        self, receiver: str, settings: CaptureSettings, password: str | None, offset_khz: float
+        self,
+        receiver: str,
+        settings: CaptureSettings,
+        password: str | None,
+        offset_khz: float,
+        start_instant: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
+        self.start_instant = start_instant
+        self.instant_task: asyncio.Future[int] | None = None
         self.receiver = receiver
         self.settings = settings
         self.password = password or ""
@@ -338,9 +353,16 @@ class _Session:
                 await ws.send("SET keepalive")
 
     async def _receive(self, ws: ClientConnection) -> str | None:
-        s = self.settings
+        try:
+            return await self._receive_frames(ws)
+        finally:
+            if self.instant_task is not None and not self.instant_task.done():
+                self.instant_task.cancel()  # the session ended before the instant was set
+
+    async def _receive_frames(self, ws: ClientConnection) -> str | None:
         collector: _FrameCollector | None = None
         deadline_start = time.monotonic() + MAX_START_WAIT_S
+        s = self.settings
         while True:
             try:
                 message = await asyncio.wait_for(ws.recv(), s.frame_timeout_s)
@@ -373,8 +395,18 @@ class _Session:
                     raise self._err(ProtocolError, f"malformed SND frame: {exc}") from None
                 if collector is None:
                     collector = _FrameCollector(
-                        self.sample_rate, s.duration_s, frame.seq, s.start_at_ns
+                        self.sample_rate,
+                        s.duration_s,
+                        frame.seq,
+                        s.start_at_ns,
+                        pending=self.start_instant is not None,
                     )
+                    if self.start_instant is not None:
+                        # Tuned and streaming: ask for the instant, keep buffering meanwhile.
+                        self.instant_task = asyncio.ensure_future(self.start_instant())
+                if self.instant_task is not None and self.instant_task.done():
+                    collector.set_start(self.instant_task.result())
+                    self.instant_task = None
                 try:
                     done = collector.add(frame, time.time_ns())
                 except ValueError as exc:
@@ -471,7 +503,13 @@ class _FrameCollector:
     """
 
     def __init__(
-        self, sample_rate: float, duration_s: float, first_seq: int, start_ns: int | None
+        self,
+        sample_rate: float,
+        duration_s: float,
+        first_seq: int,
+        start_ns: int | None,
+        *,
+        pending: bool = False,
     ) -> None:
         self.sample_rate = sample_rate
         self.ns_per_sample = NS_PER_S / sample_rate
@@ -492,8 +530,15 @@ class _FrameCollector:
         self.last_seq = first_seq - 1
         self.anchor: tuple[int, int] | None = None  # (sample index, UTC ns) trusted so far
         self.candidate: tuple[int, int] | None = None
-        self.started = start_ns is None
+        self.started = start_ns is None and not pending
+        # The instant is still being agreed on: keep every frame, decide nothing yet.
+        self.pending = pending
         self.little_endian = False
+
+    def set_start(self, start_ns: int) -> None:
+        """The instant is known now; frames before it are dropped from here on."""
+        self.start_ns = int(start_ns)
+        self.pending = False
 
     @property
     def frames_received(self) -> int:
@@ -515,9 +560,11 @@ class _FrameCollector:
         )
         self.no_gps_frames += frame.last_gps_solution == codec.NO_GPS
         self.stamped_frames += bool(k and (frame.gpssec or frame.gpsnsec))
-        if self.start_ns is None:
+        if self.start_ns is None and not self.pending:
             return k >= self.frames_needed - 1
         self._update_anchor(stamp, k, host_ns)
+        if self.pending:
+            return False
         start = self._provisional_start()
         if start is None:
             return False
