@@ -125,8 +125,10 @@ def skip_reason(check: StatusCheck, require_gps: bool) -> str | None:
     """Why a receiver is skipped after its /status check, or None to capture it."""
     if not check.ok:
         return check.reason
-    if require_gps and check.status is not None and not check.status.gps_fix:
-        return "no GPS fix (gps_good=0): timestamps would come from a host clock"
+    if require_gps and check.status is not None:
+        problem = check.status.tdoa_problem()
+        if problem is not None:
+            return f"{problem}: timestamps unusable for time differences"
     return None
 
 

@@ -95,3 +95,25 @@ def test_simulated_network_scales_around_the_seed_area() -> None:
     assert set(network.receivers) == set(names)
     with pytest.raises(ValueError, match="modulation"):
         simulated_network(modulation="no-such-modulation")
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        ("gps_good=0\nfixes_min=0\ntdoa_ch=4", "GPS not locked (gps_good=0)"),
+        ("gps_good=9\nfixes_min=30\ntdoa_ch=-1", "GPS timestamps are turned off (tdoa_ch=-1)"),
+        ("gps_good=9\nfixes_min=0\ntdoa_ch=4", "no GPS fix in the last minute (fixes_min=0)"),
+        ("gps_good=9\nfixes_min=30\ntdoa_ch=4", None),
+    ],
+)
+def test_require_gps_skips_receivers_whose_timestamps_are_unusable(
+    lines: str, reason: str | None
+) -> None:
+    from tasks.capture import StatusCheck
+    from tasks.plan import skip_reason
+
+    status = parse_status(f"users=0\nusers_max=4\n{lines}\n")
+    check = StatusCheck("rx", True, "", status, 0.01)
+    assert skip_reason(check, require_gps=False) is None
+    got = skip_reason(check, require_gps=True)
+    assert (got is None) if reason is None else (got is not None and got.startswith(reason))
