@@ -156,7 +156,7 @@ class SaveReport:
 def discovered_tags(existing: list[str], tag: str | None, require_gps: bool) -> list[str]:
     """Tags of a chosen receiver: those set by hand, ``discovered``, the run's tag, and
     ``gps`` exactly when this run required a GPS clock (so a later loss disables it)."""
-    tags = [t for t in existing if t != GPS_TAG]
+    tags = [t for t in existing if require_gps or t != GPS_TAG]  # order kept: no rewrite
     for extra in (DISCOVERED_TAG, tag, GPS_TAG if require_gps else None):
         if extra and extra not in tags:
             tags.append(extra)
