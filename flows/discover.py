@@ -11,7 +11,7 @@ receivers that vanished or lost GPS are disabled, never deleted.
         --require-gps --limit 6 --tag hf-tdoa --dry-run
     python -m flows.discover --directory kiwisdr_com.js --bbox 44,6,46,9 --json
 
-A deployment (``discover/daily`` in prefect.yaml) refreshes the blocks once a day.
+A deployment (``discover/discover`` in prefect.yaml) refreshes the blocks once a day.
 """
 
 from __future__ import annotations
@@ -45,7 +45,13 @@ from tasks.directory import (
     read_directory,
     select,
 )
-from tasks.discovery import fetch_directory, receiver_for, save_receivers, status_rejection
+from tasks.discovery import (
+    fetch_directory,
+    is_url,
+    receiver_for,
+    save_receivers,
+    status_rejection,
+)
 from tasks.plan import MAX_FREQUENCY_HZ, MIN_FREQUENCY_HZ, check_range
 
 MAX_STATUS_ROUNDS = 20  # each round re-chooses around the receivers /status ruled out
@@ -127,7 +133,7 @@ async def discover(
             "(or use dry_run to see every receiver that qualifies)"
         )
     text = await fetch_directory(directory)
-    parsed = read_directory(text)
+    parsed = read_directory(text, allow_private=not is_url(directory))
     total = len(parsed.entries) + sum(parsed.skipped.values())
     logger.info(
         "directory %s: %d entries, %d usable, skipped %s",
@@ -278,17 +284,34 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--directory", default=DEFAULT_DIRECTORY_URL, help="URL or file")
-    p.add_argument("--frequency-hz", type=float, default=None)
-    p.add_argument("--near", default=None, metavar="LAT,LON")
-    p.add_argument("--radius-km", type=float, default=500.0)
-    p.add_argument("--bbox", default=None, metavar="SOUTH,WEST,NORTH,EAST")
-    p.add_argument("--require-gps", action="store_true")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--tag", default=None)
-    p.add_argument("--target-radius-km", type=float, default=50.0)
-    p.add_argument("--check-status", action="store_true")
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument(
+        "--directory",
+        default=DEFAULT_DIRECTORY_URL,
+        help="URL or file of the directory (kiwisdr_com.js; default: %(default)s)",
+    )
+    p.add_argument("--frequency-hz", type=float, default=None, help="RF frequency to cover")
+    p.add_argument("--near", default=None, metavar="LAT,LON", help="the target")
+    p.add_argument("--radius-km", type=float, default=500.0, help="around --near (%(default)s)")
+    p.add_argument(
+        "--bbox", default=None, metavar="SOUTH,WEST,NORTH,EAST", help="instead of --near"
+    )
+    p.add_argument(
+        "--require-gps",
+        action="store_true",
+        help="GPS clock locked and GPS timestamps on (for time differences)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="how many to choose (default: all)")
+    p.add_argument("--tag", default=None, help="tag for the saved blocks (acquire --tag)")
+    p.add_argument(
+        "--target-radius-km",
+        type=float,
+        default=50.0,
+        help="target area whose GDOP is minimised (%(default)s)",
+    )
+    p.add_argument(
+        "--check-status", action="store_true", help="check each chosen receiver's /status"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the choice, save nothing")
     p.add_argument(
         "--json", action="store_true", help="print only the JSON summary on stdout (logs: stderr)"
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import ipaddress
 import json
 import math
 import re
@@ -45,6 +46,7 @@ UNPARSEABLE = "unparseable"
 NOT_AN_OBJECT = "not_an_object"
 NO_URL = "no_url"
 BAD_URL = "bad_url"
+PRIVATE_ADDRESS = "private_address"
 DUPLICATE_URL = "duplicate_url"
 NO_POSITION = "no_position"
 BAD_POSITION = "bad_position"
@@ -419,6 +421,17 @@ def normalise_url(value: str) -> str:
     return f"{parts.scheme.lower()}://{host_text}:{port}{path}"
 
 
+def is_private_host(url: str) -> bool:
+    """The URL's host is an IP literal that is not globally routable (or ``localhost``)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return not ipaddress.ip_address(host).is_global
+    except ValueError:
+        return False  # a name: resolved only when used
+
+
 def receiver_name_for_url(url: str) -> str:
     """A stable block name from the URL: ``http://Kiwi.Example.org:8073`` ->
     ``kiwi-kiwi-example-org-8073``; over 64 characters, shortened with a hash suffix."""
@@ -553,8 +566,13 @@ class Directory:
         return {e.url: e for e in self.entries}
 
 
-def read_directory(text: str) -> Directory:
-    """Parse and normalise a whole directory; duplicate URLs keep the freshest entry."""
+def read_directory(text: str, *, allow_private: bool = True) -> Directory:
+    """Parse and normalise a whole directory; duplicate URLs keep the freshest entry.
+
+    ``allow_private=False`` (a directory from the internet) skips entries whose host is a
+    loopback, private or link-local address: a public list must not point the worker at
+    its own network. A local file may (the simulator, a lab).
+    """
     raw_entries, skipped = parse_directory(text)
     by_url: dict[str, DirectoryEntry] = {}
     for raw in raw_entries:
@@ -562,6 +580,9 @@ def read_directory(text: str) -> Directory:
             entry = normalise_entry(raw)
         except EntryRejected as exc:
             skipped[exc.reason] += 1
+            continue
+        if not allow_private and is_private_host(entry.url):
+            skipped[PRIVATE_ADDRESS] += 1
             continue
         kept = by_url.get(entry.url)
         if kept is not None:

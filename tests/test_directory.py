@@ -332,6 +332,18 @@ def test_area_parsing_names_the_field_and_range() -> None:
         parse_bbox("46,6,44,9")
 
 
+def test_a_public_directory_cannot_point_at_private_addresses() -> None:
+    hosts = ["127.0.0.1", "10.1.2.3", "192.168.0.9", "169.254.169.254", "localhost", "[::1]"]
+    entries = [entry(h, 45, 7, url=f"http://{h}:8073") for h in hosts]
+    entries.append(entry("8.8.8.8", 45, 7, url="http://8.8.8.8:8073"))
+    entries.append(entry("kiwi.example", 45, 7))
+    text = json.dumps(entries)
+    public = read_directory(text, allow_private=False)
+    assert [e.url for e in public.entries] == ["http://8.8.8.8:8073", "http://kiwi.example:8073"]
+    assert public.skipped == Counter({"private_address": 6})
+    assert len(read_directory(text).entries) == 8  # a local file may (the simulator)
+
+
 def test_not_a_directory_is_one_clear_error() -> None:
     with pytest.raises(DirectoryFormatError, match="not a KiwiSDR directory"):
         parse_directory("<html><body>502 Bad Gateway</body></html>")
