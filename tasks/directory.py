@@ -178,9 +178,12 @@ def _array_elements(code: str, start: int) -> Iterator[str]:
         elif c in "{[":
             depth += 1
         elif c in "}]":
-            if depth == 0:  # the list's own "]"
-                break
-            depth -= 1
+            if depth == 0:
+                if c == "]" and _ends_list(code, i + 1):
+                    break
+                # A stray closer: the current element will not parse, the next ones will.
+            else:
+                depth -= 1
         elif c == "," and depth == 0:
             if code[begin:i].strip():
                 yield code[begin:i]
@@ -188,6 +191,12 @@ def _array_elements(code: str, start: int) -> Iterator[str]:
         i += 1
     if code[begin:i].strip():
         yield code[begin:i]
+
+
+def _ends_list(code: str, after: int) -> bool:
+    """A "]" at the top level ends the list unless more entries follow it."""
+    rest = code[after:].lstrip()
+    return not rest.startswith((",", "{", "}", "]", '"', "'"))
 
 
 class _LiteralError(ValueError):
@@ -226,7 +235,7 @@ class _Literal:
             return self._object()
         if c == "[":
             return self._array()
-        if c in "\"'":
+        if c and c in "\"'":
             return self._string()
         if match := self._NUMBER.match(self.text, self.i):
             self.i = match.end()
@@ -250,7 +259,7 @@ class _Literal:
             if c == "}":
                 self.i += 1
                 return out
-            if c in "\"'":
+            if c and c in "\"'":
                 key = self._string()
             elif match := self._IDENT.match(self.text, self.i):
                 key, self.i = match.group(), match.end()
@@ -664,35 +673,36 @@ class Area:
         return True
 
 
+def _degrees(field: str, text: str, count: int, example: str) -> list[float]:
+    """``count`` comma-separated finite numbers, or an error naming the field."""
+    values = [_float(p.strip()) for p in str(text).split(",")]
+    numbers = [v for v in values if v is not None]
+    if len(values) != count or len(numbers) != count:
+        raise ValueError(f"{field}={text!r}: expected {example}")
+    return numbers
+
+
 def parse_near(near: str, radius_km: float) -> Area:
     """``"LAT,LON"`` and a radius -> an :class:`Area`; errors name the field and range."""
-    parts = [p.strip() for p in str(near).split(",")]
-    values = [_float(p) for p in parts]
-    if len(parts) != 2 or None in values:
-        raise ValueError(f"near={near!r}: expected 'LAT,LON' in degrees, e.g. '45.07,7.69'")
-    lat, lon = values  # type: ignore[misc]
-    _check_lat_lon("near", lat, lon)  # type: ignore[arg-type]
+    lat, lon = _degrees("near", near, 2, "'LAT,LON' in degrees, e.g. '45.07,7.69'")
+    _check_lat_lon("near", lat, lon)
     if not (isinstance(radius_km, (int, float)) and 0 < radius_km <= 20_000):
         raise ValueError(f"radius_km={radius_km!r} is out of range (0, 20000] km")
-    return Area(lat, lon, radius_km=float(radius_km))  # type: ignore[arg-type]
+    return Area(lat, lon, radius_km=float(radius_km))
 
 
 def parse_bbox(bbox: str) -> Area:
     """``"SOUTH,WEST,NORTH,EAST"`` (degrees; WEST > EAST crosses the antimeridian)."""
-    parts = [_float(p.strip()) for p in str(bbox).split(",")]
-    if len(parts) != 4 or None in parts:
-        raise ValueError(
-            f"bbox={bbox!r}: expected 'SOUTH,WEST,NORTH,EAST' in degrees, e.g. '44,6,46,9'"
-        )
-    south, west, north, east = parts  # type: ignore[misc]
-    _check_lat_lon("bbox", south, west)  # type: ignore[arg-type]
-    _check_lat_lon("bbox", north, east)  # type: ignore[arg-type]
-    if south >= north:  # type: ignore[operator]
+    south, west, north, east = _degrees(
+        "bbox", bbox, 4, "'SOUTH,WEST,NORTH,EAST' in degrees, e.g. '44,6,46,9'"
+    )
+    _check_lat_lon("bbox", south, west)
+    _check_lat_lon("bbox", north, east)
+    if south >= north:
         raise ValueError(f"bbox={bbox!r}: SOUTH ({south}) must be below NORTH ({north})")
-    centre_lat = (south + north) / 2  # type: ignore[operator]
-    span = (east - west) % 360 or 360.0  # type: ignore[operator]
-    centre_lon = (west + span / 2 + 180) % 360 - 180  # type: ignore[operator]
-    return Area(centre_lat, centre_lon, bbox=(south, west, north, east))  # type: ignore[arg-type]
+    span = (east - west) % 360 or 360.0
+    centre_lon = (west + span / 2 + 180) % 360 - 180
+    return Area((south + north) / 2, centre_lon, bbox=(south, west, north, east))
 
 
 def _check_lat_lon(name: str, lat: float, lon: float) -> None:
