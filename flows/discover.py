@@ -111,7 +111,9 @@ async def discover(
         require_gps: only receivers with a locked GPS clock and GPS timestamps on
             (``gps_good``/``fixes_min`` > 0 and ``tdoa_ch`` != -1), for time differences.
         limit: how many to choose (default: all that qualify).
-        tag: a tag added to the saved blocks (besides ``discovered``), for ``acquire``.
+        tag: a tag added to the saved blocks (besides ``discovered``), for ``acquire``;
+            it also bounds the refresh: only discovered blocks with this tag are disabled
+            when their receiver vanished or lost GPS (all discovered blocks without it).
         target_radius_km: radius of the target area whose GDOP the choice minimises.
         check_status: ask each chosen receiver's ``/status`` first; those that fail are
             replaced by the next best.
