@@ -17,7 +17,6 @@ A deployment (``discover/discover`` in prefect.yaml) refreshes the blocks once a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import math
@@ -31,7 +30,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Completed, Failed, State
 
 from flows import cli
-from tasks.capture import check_receiver
+from tasks.capture import check_receivers
 from tasks.directory import (
     DEFAULT_DIRECTORY_URL,
     NOT_CHOSEN,
@@ -200,8 +199,8 @@ async def _choose(
         fresh = [c.entry for c in choices if c.entry.url not in verdict]
         if not check_status or not fresh:
             return choices, status_rejected
-        checks = await asyncio.gather(*(check_receiver(e.name, receiver_for(e, [])) for e in fresh))
-        for entry, check in zip(fresh, checks, strict=True):
+        found = await check_receivers({e.name: receiver_for(e, []) for e in fresh})
+        for entry, check in zip(fresh, found.values(), strict=True):
             reason = status_rejection(check, criteria.require_gps)
             verdict[entry.url] = reason
             if reason:

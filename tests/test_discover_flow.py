@@ -20,10 +20,11 @@ import pytest
 from test_directory import entry, messy_entries, write_directory
 
 from blocks.database import sqlite_engine
-from blocks.receiver import KiwiSDRReceiver, receiver_name, simulated_network
+from blocks.receiver import KiwiSDRReceiver, receiver_name
 from blocks.resolve import saved_receivers
 from flows.acquisition import acquire
 from flows.discover import discover, main
+from tasks.kiwisdr.network import simulated_network
 from tasks.kiwisdr.simulator import Faults
 from tasks.records import measurements_for
 
