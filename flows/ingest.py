@@ -368,20 +368,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a station's position (repeatable; wins over --gnss-pos)",
     )
     p.add_argument("--strict", action="store_true", help="refuse repairable defects too")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = vars(p.parse_args(argv))
     as_json = args.pop("json")
     try:
         parse_positions(args["positions"])
     except ValueError as exc:
         p.error(str(exc))
-    if as_json:
-        # stdout carries the JSON object and nothing else: anything printed while the
-        # flow runs goes to stderr.
-        with contextlib.redirect_stdout(sys.stderr):
-            state = cli.run_once(ingest, **args)
-    else:
-        state = cli.run_once(ingest, **args)
+    # With --json, stdout carries the JSON object and nothing else (cli.run_once).
+    state = cli.run_once(ingest, json=as_json, **args)
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):
         error = {"message": f"ingest failed: {state.message or result}", "ok": 0}

@@ -223,7 +223,11 @@ def test_cli_json_is_the_only_output_on_stdout(prefect_server: None, tmp_path: P
             "--require-gps", "--limit", "2", "--dry-run", "--json",
         ],
         cwd=ROOT,
-        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
+        env={
+            **os.environ,
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "PREFECT_LOGGING_LEVEL": "INFO",  # the run logs this test looks for on stderr
+        },
         capture_output=True,
         text=True,
         timeout=180,
