@@ -70,6 +70,7 @@ def process_capture(
         quality=quality,
         gaps=capture.gaps,
         timing=capture.frame_timing(),
+        timing_model=capture.timing.as_dict() if capture.timing is not None else None,
         description=f"{receiver.display_name or name} at {capture.frequency_hz / 1e6:.6f} MHz",
     )
     row = row_from_metadata(recording.meta)
@@ -101,7 +102,8 @@ def row_from_metadata(meta: dict[str, Any], object_key: str | None = None) -> di
     g, capture = meta["global"], meta["captures"][0]
     ns = f"{EXTENSION}:"
     measured = g.get(ns + "measurements", {})
-    lon, lat, alt = (g.get("core:geolocation") or {}).get("coordinates", [None, None, None])
+    coords = (g.get("core:geolocation") or {}).get("coordinates") or []
+    lon, lat, alt = [*coords, None, None, None][:3]  # altitude is optional
     return {
         "time": datetime.fromisoformat(capture["core:datetime"].replace("Z", "+00:00")),
         "acquisition_id": g[ns + "acquisition_id"],
@@ -121,7 +123,20 @@ def row_from_metadata(meta: dict[str, Any], object_key: str | None = None) -> di
         "adc_overflow_frames": g.get(ns + "adc_overflow_frames"),
         "object_key": object_key,
         "sha512": g["core:sha512"],
+        **timing_row_fields(g.get(ns + "timing_model")),
     }
+
+
+def timing_row_fields(model: dict[str, Any] | None) -> dict[str, Any]:
+    """The SCHEMA.md timing fields of a row from ``rfacq:timing_model``, limited to the
+    columns the measurements table has (so rows stay valid until the migration lands)."""
+    if not model:
+        return {}
+    from tasks.records import MEASUREMENT_COLUMNS
+    from tasks.timing import TimingModel
+
+    fields = TimingModel.from_dict(model).row_fields()
+    return {k: v for k, v in fields.items() if k in MEASUREMENT_COLUMNS}
 
 
 def _hardware(capture: Capture, receiver: KiwiSDRReceiver) -> str:

@@ -283,6 +283,7 @@ def build_recording(
     gaps: Sequence[tuple[int, int]] = (),
     description: str = "",
     timing: Mapping[str, Any] | None = None,
+    timing_model: Mapping[str, Any] | None = None,
 ) -> Recording:
     """Serialise one capture: ``<name>.npy`` bytes and its ``<name>.sigmf-meta`` dict.
 
@@ -342,6 +343,9 @@ def build_recording(
 
     if timing is not None:
         glob[ns + "timing"] = _timing(timing)
+    if timing_model is not None:
+        # tasks.timing.TimingModel.as_dict(): t0_ns stays an exact JSON integer.
+        glob[ns + "timing_model"] = json.loads(json.dumps(dict(timing_model), allow_nan=False))
 
     capture = {
         "core:sample_start": 0,

@@ -31,6 +31,7 @@ from tasks.kiwisdr.emitter import Emitter
 from tasks.kiwisdr.errors import (
     AuthenticationFailed,
     FrequencyOutOfRange,
+    GpsUnusable,
     KiwiSDRError,
     ProtocolError,
     ReceiverBusy,
@@ -38,10 +39,12 @@ from tasks.kiwisdr.errors import (
     ReceiverUnreachable,
     StreamDropped,
     StreamStalled,
+    bad_password_error,
     is_transient,
 )
 from tasks.kiwisdr.simulator import Faults, SimulatedNetwork, SimulatedReceiver
-from tasks.kiwisdr.status import fetch_status
+from tasks.kiwisdr.status import fetch_status, require_gps
+from tasks.timing import NS_PER_S, datetime_to_ns, ns_to_datetime
 
 RF_HZ = 145.5e6  # the 2 m emitter; behind a 116 MHz down-converter the Kiwi dials 29500 kHz
 OFFSET_KHZ = 116000.0
@@ -130,14 +133,12 @@ def grab(
     )
 
 
-def first_sample_index(net: SimulatedNetwork, cap: Capture) -> int:
-    """Absolute sample index of the first captured frame, from its GPS seconds of week."""
-    epoch_sow = net.epoch_gps_s % codec.SECONDS_PER_WEEK
-    rel = (cap.frame_gps_s[0] - epoch_sow) % codec.SECONDS_PER_WEEK
-    exact = rel * cap.sample_rate
+def first_sample_index(net: SimulatedNetwork, cap: Capture, name: str | None = None) -> int:
+    """Absolute sample index of the capture's sample 0, from its fitted timing model."""
+    assert cap.timing is not None and cap.first_sample_ns is not None
+    exact = net.sample_index_at(name or cap.receiver, cap.first_sample_ns)
     index = round(exact)
-    assert abs(exact - index) < 0.01, "frame time is not on the sample grid"
-    assert index % N == 0, f"first sample index {index} is not a multiple of {N}"
+    assert abs(exact - index) < 0.01, "sample 0 is not on the simulator's sample grid"
     return index
 
 
@@ -156,25 +157,16 @@ def assert_bit_exact(
     *,
     passband: tuple[float, float] = PASSBAND,
 ) -> int:
-    """Every frame equals the simulator's regeneration; gaps are zeros. Returns index 0."""
-    index0 = first_sample_index(net, cap)
+    """Every sample equals the simulator's regeneration; gaps are zeros. Returns index 0."""
+    index0 = first_sample_index(net, cap, name)
     got = as_int16(cap.samples)
     assert got.shape == (cap.frames_expected * N, 2)
-    missing = {start // N + k for start, count in cap.gaps for k in range(count // N)}
-    for k in range(cap.frames_expected):
-        frame = got[k * N : (k + 1) * N]
-        if k in missing:
-            assert not frame.any(), f"lost frame {k} is not zero-filled"
-            continue
-        expected, _ = net.frame_iq(name, index0 + k * N, rf_hz, passband)
-        np.testing.assert_array_equal(frame, expected, err_msg=f"{name} frame {k}")
+    expected = net.samples_iq(name, index0, got.shape[0], rf_hz, passband).copy()
+    for start, count in cap.gaps:
+        assert not got[start : start + count].any(), f"gap at {start} is not zero-filled"
+        expected[start : start + count] = 0
+    np.testing.assert_array_equal(got, expected, err_msg=name)
     return index0
-
-
-def sim_utc(net: SimulatedNetwork, index: int, fs: float) -> datetime:
-    """The simulator's time of absolute sample ``index``: GPS epoch + index / fs, as UTC."""
-    gps_s = net.epoch_gps_s + index / fs
-    return codec.GPS_EPOCH + timedelta(seconds=gps_s - codec.GPS_UTC_LEAP_SECONDS)
 
 
 def whole_second_ahead(seconds: float = 1.0) -> datetime:
@@ -238,7 +230,10 @@ def test_samples_are_bit_exact(
     assert cap.gps_fix and not cap.little_endian
     assert cap.adc_overflow_frames == 0
     np.testing.assert_array_equal(cap.frame_seq, np.arange(1, cap.frames_expected + 1))
-    np.testing.assert_allclose(np.diff(cap.frame_gps_s), N / rx.sample_rate, atol=2e-6)
+    assert cap.timing is not None and cap.timing.gps
+    assert cap.timing.sample_rate_hz == pytest.approx(rx.true_sample_rate, abs=0.01)
+    assert cap.timing.residual_ns < 1000
+    assert cap.stamps[0].gpssec == 0 and cap.stamps[0].gpsnsec == 0  # as real Kiwis send
     index0 = assert_bit_exact(network, name, cap, rf_hz)
     assert index0 > 0
     if name == "hf":  # the 2 m carrier cannot leak into an HF passband: noise only
@@ -251,8 +246,9 @@ def test_samples_are_bit_exact(
 def test_first_sample_time_matches_simulator(network: SimulatedNetwork) -> None:
     cap = grab(network, "alpha")
     index0 = first_sample_index(network, cap)
-    truth = sim_utc(network, index0, cap.sample_rate)
-    assert abs((cap.start_utc - truth).total_seconds()) < 1e-3
+    truth_ns = network.sample_utc_ns("alpha", index0)
+    assert cap.first_sample_ns is not None and abs(cap.first_sample_ns - truth_ns) <= 100
+    assert cap.start_utc == ns_to_datetime(cap.first_sample_ns)
     assert cap.start_utc.tzinfo is not None
     # And it is "now": the capture just happened.
     assert abs((datetime.now(UTC) - cap.start_utc).total_seconds()) < 5
@@ -262,12 +258,12 @@ def test_start_at_aligns_first_sample(network: SimulatedNetwork) -> None:
     start_at = whole_second_ahead(1.0)
     cap = grab(network, "bravo", settings(start_at=start_at), password=PASSWORD)
     index0 = assert_bit_exact(network, "bravo", cap, RF_HZ)
-    truth = sim_utc(network, index0, cap.sample_rate)
-    frame_s = N / cap.sample_rate
-    lag = (truth - start_at).total_seconds()
-    assert 0.0 <= lag < frame_s + 1e-6
-    assert abs((cap.start_utc - truth).total_seconds()) < 1e-3
-    assert -1e-6 <= (cap.start_utc - start_at).total_seconds() < frame_s + 1e-6
+    truth_ns = network.sample_utc_ns("bravo", index0)
+    period_ns = NS_PER_S / network.receivers["bravo"].true_sample_rate
+    # Sample 0 is the first sample at or after the instant: within one sample period.
+    assert 0 <= truth_ns - datetime_to_ns(start_at) < period_ns
+    assert cap.first_sample_ns is not None and abs(cap.first_sample_ns - truth_ns) <= 100
+    assert cap.start_offset_ns is not None and -100 <= cap.start_offset_ns < period_ns + 100
 
 
 # --- 3. handshake and keepalive -----------------------------------------------------------
@@ -392,22 +388,25 @@ def test_lost_frames_are_zero_filled_gaps(network: SimulatedNetwork) -> None:
     assert not cap.samples[2 * N : 4 * N].any()
     np.testing.assert_array_equal(cap.frame_seq, [1, 2, 5, 6, 7, 8, 9, 10][: cap.frames_received])
     assert cap.smeter.size == cap.frame_gps_s.size == 6
-    # The time axis stays true: frame 4 is four frames after frame 0.
-    assert cap.frame_gps_s[2] - cap.frame_gps_s[0] == pytest.approx(4 * N / 12001.412, abs=2e-6)
+    # The time axis stays true: frame 4 is three frames after frame 1 (frame 0 is 0/0).
+    assert cap.frame_gps_s[2] - cap.frame_gps_s[1] == pytest.approx(3 * N / 12001.412, abs=2e-9)
     assert_bit_exact(network, "lossy", cap, RF_HZ)
     # Per-frame timing as the recording keeps it: positions skip the gap, and each frame's
     # GPS offset is its position over the true rate (to the nanosecond rounding).
     timing = cap.frame_timing()
-    assert timing["frame_sample_start"] == [0, N, 4 * N, 5 * N, 6 * N, 7 * N]
+    # (the 0/0 first frame has no stamp to keep)
+    assert timing["frame_sample_start"] == [N, 4 * N, 5 * N, 6 * N, 7 * N]
     expected = [k / 12001.412 for k in timing["frame_sample_start"]]
-    assert timing["frame_gps_offset_s"] == pytest.approx(expected, abs=2e-6)
+    assert timing["frame_gps_offset_s"] == pytest.approx(expected, abs=2e-9)
     assert timing["gps_fix"] is True
-    assert timing["first_frame_gps_seconds_of_week"] == pytest.approx(cap.frame_gps_s[0], abs=1e-9)
+    assert timing["first_frame_gps_seconds_of_week"] == pytest.approx(cap.frame_gps_s[1], abs=1e-9)
 
 
 def test_no_gps_clears_fix(network: SimulatedNetwork) -> None:
     cap = grab(network, "nogps")
     assert not cap.gps_fix
+    assert cap.timing is not None and not cap.timing.locked
+    assert "no_gps" in cap.timing.flags and "host_clock" in cap.timing.flags
     assert cap.frames_received == cap.frames_expected
     # Host-clock estimate of the start: recent, though not GPS-accurate.
     assert abs((datetime.now(UTC) - cap.start_utc).total_seconds()) < 5
@@ -596,6 +595,7 @@ def test_tdoa_between_two_receivers(tdoa_network: SimulatedNetwork) -> None:
     # Same start instant, same sample grid: the very same frames in GPS time.
     np.testing.assert_array_equal(near.frame_gps_s, far.frame_gps_s)
     assert first_sample_index(net, near) == first_sample_index(net, far)
+    assert near.first_sample_ns == far.first_sample_ns
     assert near.start_utc == far.start_utc >= start_at
     for name, cap in (("near", near), ("far", far)):
         assert cap.adc_overflow_frames == 0 and cap.lost_frames == 0
@@ -647,3 +647,181 @@ def test_password_is_not_sent_to_another_host_on_redirect() -> None:
                     capture_iq(net.url("other-host"), s, receiver="other-host",
                                password=PASSWORD, freq_offset_khz=OFFSET_KHZ)
                 )  # fmt: skip
+
+
+# --- timing defects of real KiwiSDRs (issue 9) --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def defects_network() -> Iterator[SimulatedNetwork]:
+    """Receivers with every timing defect real KiwiSDRs show, each at its own true rate."""
+    emitter = Emitter(45.0, 7.5, 200, 10.1e6, eirp_dbm=20.0, modulation="bpsk", symbol_rate=2400)
+    hf = {"freq_offset_khz": 0.0, "gps_fix_interval_s": 1.2}
+    receivers = [
+        _rx("clean", 45.05, 7.52, sample_rate=12000.0, clock_ppm=86.0, **hf),  # 12001.032 Hz
+        _rx("fast", 43.0, 8.6, sample_rate=12000.0, clock_ppm=100.0, **hf),  # 12001.200 Hz
+        _rx("stale", 45.2, 7.6, sample_rate=12001.07, faults=Faults(stale_first_s=240.0), **hf),
+        _rx(
+            "outlier",
+            45.3,
+            7.7,
+            sample_rate=12001.11,
+            faults=Faults(outlier_stamps=((3, -5 * 3600.0), (9, 0.002))),
+            **hf,
+        ),
+        _rx("stamps-off", 45.4, 7.8, faults=Faults(timestamps_off=True), **hf),
+        _rx("starting", 45.4, 7.8, faults=Faults(badp=2), **hf),
+        _rx("updating", 45.4, 7.8, faults=Faults(badp=6), **hf),
+        _rx("admin-ip", 45.4, 7.8, faults=Faults(badp=3), **hf),
+    ]
+    with SimulatedNetwork(receivers, emitter, seed=17) as net:
+        yield net
+
+
+F_HF = 10.1e6
+
+
+def check_timing(net: SimulatedNetwork, name: str, cap: Capture) -> None:
+    """The fitted model against the simulator's exact truth (issue 9 tolerances)."""
+    m = cap.timing
+    assert m is not None and m.gps
+    index0 = first_sample_index(net, cap, name)
+    assert abs(m.t0_ns - net.sample_utc_ns(name, index0)) <= 100
+    assert m.sample_rate_hz == pytest.approx(net.receivers[name].true_sample_rate, abs=0.01)
+    assert m.residual_ns is not None and m.residual_ns < 1000
+    assert_bit_exact(net, name, cap, F_HF)
+
+
+def test_true_rate_from_clock_ppm(defects_network: SimulatedNetwork) -> None:
+    assert defects_network.receivers["clean"].true_sample_rate == 12001.032
+    assert defects_network.receivers["fast"].true_sample_rate == 12001.2
+    cap = grab(defects_network, "fast", settings(F_HF, 1.0))
+    assert cap.sample_rate == 12001.2  # the announced rate is the true one
+    check_timing(defects_network, "fast", cap)
+
+
+def test_stamps_are_exact_to_the_nanosecond(defects_network: SimulatedNetwork) -> None:
+    cap = grab(defects_network, "clean", settings(F_HF, 0.5))
+    net = defects_network
+    index0 = first_sample_index(net, cap, "clean")
+    for st in cap.stamps[1:]:
+        gps_ns = net.sample_gps_ns("clean", index0 + st.sample_index)
+        assert (st.gpssec, st.gpsnsec) == (
+            gps_ns // NS_PER_S % codec.SECONDS_PER_WEEK,
+            gps_ns % NS_PER_S,
+        )
+    check_timing(net, "clean", cap)
+
+
+def test_stale_first_stamp_is_not_the_start(defects_network: SimulatedNetwork) -> None:
+    cap = grab(defects_network, "stale", settings(F_HF, 0.5))
+    assert cap.stamps[0].gpssec != 0  # the first stamp is there, but minutes old
+    check_timing(defects_network, "stale", cap)
+    assert "first_frame_dropped" in cap.timing.flags  # type: ignore[union-attr]
+    assert cap.timing.outliers == 0  # type: ignore[union-attr]
+
+
+def test_outlier_stamps_marked_fresh_are_dropped(defects_network: SimulatedNetwork) -> None:
+    cap = grab(defects_network, "outlier", settings(F_HF, 1.0))
+    assert cap.stamps[3].last_gps_solution == 0
+    check_timing(defects_network, "outlier", cap)
+    assert cap.timing.outliers == 2  # type: ignore[union-attr]
+    assert "far_from_host" in cap.timing.flags  # type: ignore[union-attr]
+
+
+def test_fresh_fixes_counted(defects_network: SimulatedNetwork) -> None:
+    cap = grab(defects_network, "clean", settings(F_HF, 3.0))
+    m = cap.timing
+    assert m is not None
+    # A fix every 1.2 s over ~3 s: two or three fresh stamps, so the clock is locked.
+    assert 2 <= m.fixes <= 3 and m.locked
+    assert m.row_fields()["gps_locked"] is True
+
+
+def test_timestamps_off_falls_back_to_host_clock(defects_network: SimulatedNetwork) -> None:
+    start_at = whole_second_ahead(0.5)
+    cap = grab(defects_network, "stamps-off", settings(F_HF, 0.3, start_at=start_at))
+    assert not cap.gps_fix
+    m = cap.timing
+    assert m is not None and not m.locked and "no_gps_stamps" in m.flags
+    # Host clock: near the instant, but no GPS accuracy is claimed.
+    assert cap.start_offset_ns is not None and abs(cap.start_offset_ns) < 0.5 * NS_PER_S
+    status = asyncio.run(fetch_status(defects_network.url("stamps-off")))
+    assert status.tdoa_ch == -1 and status.gps_timestamps_off
+    with pytest.raises(GpsUnusable, match="tdoa_ch=-1") as info:
+        require_gps(status, receiver="stamps-off")
+    assert not is_transient(info.value)
+
+
+def test_status_gps_fields(defects_network: SimulatedNetwork, network: SimulatedNetwork) -> None:
+    status = asyncio.run(fetch_status(defects_network.url("clean")))
+    assert status.gps_good == 9 and status.fixes_min == 50 and status.tdoa_ch is not None
+    assert status.tdoa_ch >= 0 and status.tdoa_problem() is None
+    require_gps(status)
+    nogps = asyncio.run(fetch_status(network.url("nogps")))
+    assert nogps.tdoa_problem() is not None and nogps.tdoa_ch == -1
+
+
+@pytest.mark.parametrize(
+    ("name", "transient", "reason"),
+    [
+        ("starting", True, "server still starting"),
+        ("updating", True, "database update in progress"),
+        ("admin-ip", False, "admin connection not allowed from this IP"),
+    ],
+)
+def test_badp_reason_codes(
+    defects_network: SimulatedNetwork, name: str, transient: bool, reason: str
+) -> None:
+    with pytest.raises(KiwiSDRError, match=reason) as info:
+        grab(defects_network, name, settings(F_HF))
+    assert is_transient(info.value) is transient
+    assert f"badp={defects_network.receivers[name].faults.badp}" in str(info.value)
+
+
+@pytest.mark.parametrize("code", [1, 2, 3, 4, 5, 6, 7, "x"])
+def test_badp_codes_classified(code: object) -> None:
+    exc = bad_password_error(code, receiver="rx")  # type: ignore[arg-type]
+    assert is_transient(exc) is (code in (2, 6))
+    assert f"badp={code}" in str(exc) and str(exc).startswith("rx: ")
+
+
+def test_two_receivers_aligned_to_one_sample(defects_network: SimulatedNetwork) -> None:
+    """Different true rates, an integer-ns instant: both first samples within one period."""
+    net = defects_network
+    start_ns = datetime_to_ns(whole_second_ahead(0.5)) + 123_456_789
+    s = settings(F_HF, 1.0, start_at=start_ns)
+
+    async def both() -> list[Capture]:
+        return await asyncio.gather(
+            *(capture_iq(net.url(n), s, receiver=n) for n in ("clean", "fast"))
+        )
+
+    caps = asyncio.run(both())
+    firsts = []
+    for name, cap in zip(("clean", "fast"), caps, strict=True):
+        check_timing(net, name, cap)
+        period = NS_PER_S / net.receivers[name].true_sample_rate
+        truth = net.sample_utc_ns(name, first_sample_index(net, cap, name))
+        assert 0 <= truth - start_ns < period  # the first sample at/after the instant
+        assert cap.start_offset_ns is not None and -100 <= cap.start_offset_ns < period + 100
+        firsts.append(truth)
+    assert abs(firsts[0] - firsts[1]) < NS_PER_S / 12001.0
+
+
+def test_instant_already_passed_reports_lateness(defects_network: SimulatedNetwork) -> None:
+    """An instant before the session's first frame: capture from the first frame on, and
+    say how late sample 0 is instead of pretending to be aligned."""
+    start_ns = time.time_ns() - 2 * NS_PER_S
+    cap = grab(defects_network, "clean", settings(F_HF, 0.3, start_at=start_ns))
+    check_timing(defects_network, "clean", cap)
+    assert cap.start_offset_ns is not None and cap.start_offset_ns > 1.5 * NS_PER_S
+    assert cap.first_sample_ns == start_ns + cap.start_offset_ns
+
+
+def test_start_at_must_be_datetime_or_ns() -> None:
+    with pytest.raises(ValueError, match="start_at"):
+        settings(start_at=1.5e18)
+    assert settings(start_at=datetime(2026, 1, 1, tzinfo=UTC)).start_at_ns == (
+        1_767_225_600 * NS_PER_S
+    )

@@ -5,6 +5,13 @@ audio rate, tune in IQ mode with fixed gain (so power is comparable across recei
 keep the session alive once a second, and collect ceil(duration * rate / 512) frames
 counted by sequence number. Lost frames are zero-filled AND listed as gaps, so the time
 axis stays true for time-difference work while no one mistakes the zeros for signal.
+
+Timing never rests on one frame's stamp: real KiwiSDRs stamp the first frame of a session
+0/0 (or minutes stale) and occasionally send a stamp hours off marked fresh. Frames are
+collected from the session start with every stamp kept; the start-instant gate only
+trusts a stamp that agrees with an earlier one (never the first frame's); at the end
+:func:`tasks.timing.fit_timing` fits all stamps robustly and the samples are trimmed so
+that sample 0 is the first sample at or after the start instant.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -33,6 +41,18 @@ from tasks.kiwisdr.errors import (
     ReceiverUnreachable,
     StreamDropped,
     StreamStalled,
+    bad_password_error,
+)
+from tasks.timing import (
+    NS_PER_S,
+    FrameStamp,
+    TimingModel,
+    datetime_to_ns,
+    fit_timing,
+    gps_stamp_to_utc_ns,
+    host_clock_model,
+    ns_to_datetime,
+    sample_at,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,7 +72,8 @@ class CaptureSettings:
     passband_hz: tuple[float, float] = (-5000.0, 5000.0)
     gain_db: float = 50.0
     agc: bool = False
-    start_at: datetime | None = None
+    # The common start instant: an aware datetime or integer ns since 1970 (UTC).
+    start_at: datetime | int | None = None
     little_endian: bool = False
     ident: str = "rf-acquisition"
     frame_timeout_s: float = 5.0
@@ -71,6 +92,19 @@ class CaptureSettings:
             raise ValueError(
                 f"passband_hz={self.passband_hz} must satisfy -6000 <= low < high <= 6000 Hz"
             )
+        if self.start_at is not None and not isinstance(self.start_at, (datetime, int)):
+            raise ValueError(
+                f"start_at={self.start_at!r} must be an aware datetime or integer ns since 1970"
+            )
+
+    @property
+    def start_at_ns(self) -> int | None:
+        """The start instant as integer ns since 1970 (UTC), or None."""
+        if self.start_at is None:
+            return None
+        if isinstance(self.start_at, datetime):
+            return datetime_to_ns(self.start_at)
+        return int(self.start_at)
 
 
 @dataclass
@@ -96,30 +130,53 @@ class Capture:
     little_endian: bool
     server: dict[str, str] = field(default_factory=dict)
     attempts: int = 1
+    # The fitted clock of ``samples`` (sample 0 = ``timing.t0_ns``).
+    timing: TimingModel | None = None
+    # Every received frame's raw stamp, ``sample_index`` relative to ``samples[0]``
+    # (negative for frames received before the start instant).
+    stamps: list[FrameStamp] = field(default_factory=list)
+    # Sample 0 minus the requested start instant (ns); None without a start instant.
+    start_offset_ns: int | None = None
 
     @property
     def duration_s(self) -> float:
         return self.samples.size / self.sample_rate
 
-    def frame_timing(self) -> dict[str, list[float] | list[int]]:
-        """Where each received frame starts in ``samples`` and its GPS time relative to the
-        first received frame (s): the raw material for time-difference work, which needs
-        more than one timestamp per capture to see clock steps or rate errors."""
-        first_seq = int(self.frame_seq[0]) if self.frame_seq.size else 0
-        gaps_before = self.gaps[0][1] if self.gaps and self.gaps[0][0] == 0 else 0
-        starts = (self.frame_seq - first_seq) * codec.SAMPLES_PER_FRAME + gaps_before
-        rel = self.frame_gps_s - (self.frame_gps_s[0] if self.frame_gps_s.size else 0.0)
-        half_week = codec.SECONDS_PER_WEEK / 2
-        rel = (rel + half_week) % codec.SECONDS_PER_WEEK - half_week  # across a week rollover
+    @property
+    def first_sample_ns(self) -> int | None:
+        """UTC of sample 0 in integer ns since 1970 (from the timing model)."""
+        return None if self.timing is None else self.timing.t0_ns
+
+    def frame_timing(self) -> dict[str, Any]:
+        """Where each GPS-stamped frame starts in ``samples`` and its stamp relative to
+        sample 0 (s): the raw material behind the timing model, kept so a reader can
+        audit or refit it. Frames without a stamp (0/0, no GPS clock) are left out."""
+        t0 = self.timing.t0_ns if self.timing is not None else None
+        keep = [
+            st
+            for st in self.stamps
+            if 0 <= st.sample_index < self.samples.size
+            and (st.gpssec or st.gpsnsec)
+            and st.last_gps_solution != codec.NO_GPS
+        ]
+        first = keep[0] if keep else None
+        rel = []
+        if t0 is not None:
+            rel = [
+                round((gps_stamp_to_utc_ns(st.gpssec, st.gpsnsec, t0) - t0) / 1e9, 9) for st in keep
+            ]
+        else:
+            keep = []
         week, _, _ = codec.utc_to_gps(self.start_utc)
         return {
             "gps_fix": self.gps_fix,
             "gps_week": week,
             "first_frame_gps_seconds_of_week": (
-                round(float(self.frame_gps_s[0]), 9) if self.frame_gps_s.size else None
+                round(first.gpssec + first.gpsnsec * 1e-9, 9) if first is not None else None
             ),
-            "frame_sample_start": [int(v) for v in starts],
-            "frame_gps_offset_s": [round(float(v), 9) for v in rel],
+            "frame_sample_start": [int(st.sample_index) for st in keep],
+            "frame_gps_offset_s": rel,
+            "frame_last_gps_solution": [int(st.last_gps_solution) for st in keep],
         }
 
 
@@ -315,27 +372,25 @@ class _Session:
                 except codec.FrameError as exc:
                     raise self._err(ProtocolError, f"malformed SND frame: {exc}") from None
                 if collector is None:
-                    if s.start_at is not None and _frame_utc(frame) < s.start_at:
-                        if time.monotonic() > deadline_start:
-                            raise self._err(StreamStalled, "start instant never reached")
-                        continue
-                    collector = _FrameCollector(self.sample_rate, s.duration_s, frame.seq)
+                    collector = _FrameCollector(
+                        self.sample_rate, s.duration_s, frame.seq, s.start_at_ns
+                    )
                 try:
-                    done = collector.add(frame)
+                    done = collector.add(frame, time.time_ns())
                 except ValueError as exc:
                     raise self._err(ProtocolError, str(exc)) from None
                 if done:
                     little = bool(frame.flags & codec.FLAG_LITTLE_ENDIAN)
                     self.result = collector.capture(self, little)
                     return None
+                if not collector.started and time.monotonic() > deadline_start:
+                    raise self._err(StreamStalled, "start instant never reached")
             # W/F and EXT frames are not requested and are ignored.
 
     async def _on_msg(self, ws: ClientConnection, msg: dict[str, str]) -> str | None:
         self.server.update(msg)
         if "badp" in msg and msg["badp"] not in ("0", ""):
-            raise self._err(
-                AuthenticationFailed, f"receiver rejected the password (badp={msg['badp']})"
-            )
+            raise bad_password_error(msg["badp"], receiver=self.receiver)
         if "password_timeout" in msg:
             raise self._err(AuthenticationFailed, "authentication timed out (password_timeout)")
         if "too_busy" in msg:
@@ -397,101 +452,220 @@ class _Session:
         self.configured = True
 
 
-class _FrameCollector:
-    """Accumulates frames by sequence number into one contiguous sample array."""
+# A stamp is a gate anchor only when it agrees with an earlier stamp to this much plus
+# the rate uncertainty (200 ppm covers every KiwiSDR's true rate against its nominal).
+_ANCHOR_TOLERANCE_NS = 100_000
+_ANCHOR_RATE_TOLERANCE = 2e-4
+# Frames this far before the provisional start are released (their stamps are kept).
+_KEEP_BEFORE_START_FRAMES = 8
 
-    def __init__(self, sample_rate: float, duration_s: float, first_seq: int) -> None:
+
+class _FrameCollector:
+    """Accumulates frames by sequence number from the session start, with every stamp.
+
+    Without a start instant the capture is the first ``frames_needed`` frames. With one,
+    frames are kept until a provisional clock (the latest stamp that agrees with an
+    earlier one; the host clock for receivers without GPS) says the window from the
+    instant is complete; then the robust fit of all stamps decides, to the sample, where
+    the capture starts.
+    """
+
+    def __init__(
+        self, sample_rate: float, duration_s: float, first_seq: int, start_ns: int | None
+    ) -> None:
         self.sample_rate = sample_rate
+        self.ns_per_sample = NS_PER_S / sample_rate
         self.frames_needed = max(1, math.ceil(duration_s * sample_rate / codec.SAMPLES_PER_FRAME))
+        self.n_out = self.frames_needed * codec.SAMPLES_PER_FRAME
         self.first_seq = first_seq
-        n = self.frames_needed * codec.SAMPLES_PER_FRAME
-        self.samples = np.zeros(n, dtype=np.complex64)
-        self.present = np.zeros(self.frames_needed, dtype=bool)
-        self.smeter: list[int] = []
+        self.start_ns = start_ns
+        self.iq: dict[int, np.ndarray] = {}  # frame number -> complex64 samples
+        self.meta: dict[int, tuple[int, bool]] = {}  # frame number -> (smeter, overflow)
+        self.stamps: list[FrameStamp] = []
+        # Host clock's idea of the time of sample 0, from each frame's arrival.
+        self.host_refs: list[int] = []
+        self._host_cache: int | None = None
+        self.no_gps_frames = 0
+        self.stamped_frames = 0  # non-empty stamps after the first frame
+        self.prune_next = 0
         self.seqs: list[int] = []
-        self.gps: list[float] = []
-        self.overflows = 0
-        self.first: codec.SndFrame | None = None
         self.last_seq = first_seq - 1
+        self.anchor: tuple[int, int] | None = None  # (sample index, UTC ns) trusted so far
+        self.candidate: tuple[int, int] | None = None
+        self.started = start_ns is None
+        self.little_endian = False
 
     @property
     def frames_received(self) -> int:
         return len(self.seqs)
 
-    def add(self, frame: codec.SndFrame) -> bool:
+    def add(self, frame: codec.SndFrame, host_ns: int) -> bool:
         if frame.seq <= self.last_seq:
             raise ValueError(f"sequence went from {self.last_seq} to {frame.seq}")
         k = frame.seq - self.first_seq
-        if k >= self.frames_needed:
-            return True
-        if self.first is None:
-            self.first = frame
-        a = k * codec.SAMPLES_PER_FRAME
-        self.samples[a : a + codec.SAMPLES_PER_FRAME] = frame.complex_samples()
-        self.present[k] = True
-        self.smeter.append(frame.smeter)
-        self.seqs.append(frame.seq)
-        self.gps.append(codec.gps_seconds(frame.gpssec, frame.gpsnsec))
-        self.overflows += int(frame.adc_overflow)
+        index = k * codec.SAMPLES_PER_FRAME
         self.last_seq = frame.seq
-        return k == self.frames_needed - 1
+        self.seqs.append(frame.seq)
+        self.iq[k] = frame.complex_samples()
+        self.meta[k] = (frame.smeter, frame.adc_overflow)
+        stamp = FrameStamp(index, frame.gpssec, frame.gpsnsec, frame.last_gps_solution)
+        self.stamps.append(stamp)
+        self.host_refs.append(
+            host_ns - round((index + codec.SAMPLES_PER_FRAME) * self.ns_per_sample)
+        )
+        self.no_gps_frames += frame.last_gps_solution == codec.NO_GPS
+        self.stamped_frames += bool(k and (frame.gpssec or frame.gpsnsec))
+        if self.start_ns is None:
+            return k >= self.frames_needed - 1
+        self._update_anchor(stamp, k, host_ns)
+        start = self._provisional_start()
+        if start is None:
+            return False
+        self.started = self.started or index + codec.SAMPLES_PER_FRAME > start
+        while (self.prune_next + _KEEP_BEFORE_START_FRAMES) * 512 < start:
+            self.iq.pop(self.prune_next, None)
+            self.prune_next += 1
+        if index + codec.SAMPLES_PER_FRAME < start + self.n_out + codec.SAMPLES_PER_FRAME:
+            return False
+        # The provisional clock says the window is complete: the fit has the last word.
+        model = self.fit()
+        return index + codec.SAMPLES_PER_FRAME >= self._first_index(model) + self.n_out
 
-    def gaps(self) -> list[tuple[int, int]]:
-        """(first sample, sample count) of each run of missing frames."""
-        out: list[tuple[int, int]] = []
-        k = 0
-        while k < self.frames_needed:
-            if self.present[k]:
-                k += 1
-                continue
-            start = k
-            while k < self.frames_needed and not self.present[k]:
-                k += 1
-            out.append((start * codec.SAMPLES_PER_FRAME, (k - start) * codec.SAMPLES_PER_FRAME))
-        return out
+    def _update_anchor(self, stamp: FrameStamp, k: int, host_ns: int) -> None:
+        if k == 0 or stamp.last_gps_solution == codec.NO_GPS or not (stamp.gpssec or stamp.gpsnsec):
+            return  # the first frame and empty stamps never open the gate
+        t = gps_stamp_to_utc_ns(stamp.gpssec, stamp.gpsnsec, host_ns)
+        if abs(t - host_ns) > 60 * NS_PER_S:
+            return
+        if self.candidate is not None:
+            i0, t0 = self.candidate
+            predicted = t0 + (stamp.sample_index - i0) * self.ns_per_sample
+            tolerance = _ANCHOR_TOLERANCE_NS + _ANCHOR_RATE_TOLERANCE * abs(t - t0)
+            if abs(t - predicted) <= tolerance:
+                self.anchor = (stamp.sample_index, t)
+        self.candidate = (stamp.sample_index, t)
+
+    def _provisional_start(self) -> int | None:
+        """Sample index of the start instant by the provisional clock."""
+        assert self.start_ns is not None
+        if self.anchor is not None:
+            i, t = self.anchor
+            return i + math.ceil((self.start_ns - t) / self.ns_per_sample)
+        if self.no_gps_frames == len(self.stamps) or (
+            len(self.stamps) > 3 and self.stamped_frames == 0
+        ):
+            # No GPS clock, or GPS timestamps turned off: the host clock is all there is.
+            n = len(self.host_refs)
+            if self._host_cache is None or n & (n - 1) == 0 or n % 64 == 0:
+                self._host_cache = self._host_ref_ns()
+            model = host_clock_model(self._host_cache, self.sample_rate)
+            return self._first_index(model)
+        return None
+
+    def _host_ref_ns(self) -> int:
+        """Host clock's UTC of sample 0: a frame leaves the receiver once its last sample
+        is taken, so arrival minus the frame's end; the median rides out network jitter."""
+        return int(np.median(np.asarray(self.host_refs, dtype=np.int64)))
+
+    def _host_model(self) -> TimingModel:
+        flags = ["no_gps"] if self.no_gps_frames == len(self.stamps) else []
+        return host_clock_model(
+            self._host_ref_ns(), self.sample_rate, frames=len(self.stamps), flags=flags
+        )
+
+    def fit(self) -> TimingModel:
+        model = fit_timing(
+            self.stamps, nominal_rate_hz=self.sample_rate, host_ref_ns=self._host_ref_ns()
+        )
+        if not model.gps and self.no_gps_frames == len(self.stamps):
+            return self._host_model()
+        return model
+
+    def _first_index(self, model: TimingModel) -> int:
+        """First sample at or after the start instant (0 without one, or when it passed)."""
+        if self.start_ns is None:
+            return 0
+        return max(0, math.ceil(sample_at(model, self.start_ns) - 1e-6))
 
     def capture(self, session: _Session, little_endian: bool) -> Capture:
-        assert self.first is not None
-        first = self.first
-        gps_fix = first.has_gps
-        if gps_fix:
-            start = codec.gps_to_utc(first.gpssec, first.gpsnsec)
-        else:
-            # No GPS clock: the best estimate is the host clock when the capture ended,
-            # minus its length. Flagged, so time-difference work can leave it out.
-            start = datetime.now(UTC) - timedelta(
-                seconds=self.frames_needed * 512 / self.sample_rate
+        model = self.fit()
+        i0 = self._first_index(model)
+        n = self.n_out
+        k_first, k_last = i0 // 512, (i0 + n - 1) // 512
+        buf = np.zeros((k_last - k_first + 1) * 512, dtype=np.complex64)
+        present: list[int] = []
+        for k in range(k_first, k_last + 1):
+            if k in self.iq:
+                a = (k - k_first) * 512
+                buf[a : a + 512] = self.iq[k]
+                present.append(k)
+        off = i0 - k_first * 512
+        samples = buf[off : off + n]
+        model = model.shifted(i0)
+        missing = np.ones(n, dtype=bool)
+        for k in present:
+            a, b = max(k * 512 - i0, 0), min((k + 1) * 512 - i0, n)
+            missing[a:b] = False
+        gaps = _runs(missing)
+        window = present
+        window_set = set(window)
+        lost = sum(1 for k in range(k_first, k_last + 1) if k not in window_set)
+        seq_first = self.first_seq
+        stamps = [
+            FrameStamp(st.sample_index - i0, st.gpssec, st.gpsnsec, st.last_gps_solution)
+            for st in self.stamps
+        ]
+        in_window = [st for st in self.stamps if (st.sample_index // 512) in window_set]
+        start = ns_to_datetime(model.t0_ns)
+        if not model.gps:
+            # No GPS clock, or its timestamps are off: flagged (gps_fix=False) so
+            # time-difference work leaves this capture out.
+            logger.warning(
+                "%s: no usable GPS stamps (%s): start time from the host clock",
+                session.receiver,
+                ", ".join(model.flags),
             )
-        # When the first frame itself was lost, the first sample precedes the first
-        # received frame by the frames that went missing before it.
-        k0 = first.seq - self.first_seq
-        start -= timedelta(seconds=k0 * codec.SAMPLES_PER_FRAME / self.sample_rate)
         return Capture(
             receiver=session.receiver,
             frequency_hz=session.settings.frequency_hz,
             tuned_khz=session.tuned_khz,
             freq_offset_khz=session.freq_offset_khz,
             sample_rate=self.sample_rate,
-            samples=self.samples,
+            samples=samples,
             start_utc=start,
-            gps_fix=gps_fix,
+            gps_fix=model.gps,
             frames_expected=self.frames_needed,
-            frames_received=self.frames_received,
-            lost_frames=int(self.frames_needed - self.present.sum()),
-            gaps=self.gaps(),
-            adc_overflow_frames=self.overflows,
-            smeter=np.asarray(self.smeter, dtype=np.uint16),
-            frame_seq=np.asarray(self.seqs, dtype=np.int64),
-            frame_gps_s=np.asarray(self.gps, dtype=np.float64),
+            frames_received=len(window),
+            lost_frames=lost,
+            gaps=gaps,
+            adc_overflow_frames=sum(int(self.meta[k][1]) for k in window),
+            smeter=np.asarray([self.meta[k][0] for k in window], dtype=np.uint16),
+            frame_seq=np.asarray([seq_first + k for k in window], dtype=np.int64),
+            frame_gps_s=np.asarray(
+                [codec.gps_seconds(st.gpssec, st.gpsnsec) for st in in_window], dtype=np.float64
+            ),
             little_endian=little_endian,
             server={k: v for k, v in session.server.items() if k != "load_cfg"},
+            timing=model,
+            stamps=stamps,
+            start_offset_ns=(None if self.start_ns is None else model.t0_ns - self.start_ns),
         )
 
 
-def _frame_utc(frame: codec.SndFrame) -> datetime:
-    if not frame.has_gps:
-        return datetime.now(UTC)
-    return codec.gps_to_utc(frame.gpssec, frame.gpsnsec)
+def _runs(missing: np.ndarray) -> list[tuple[int, int]]:
+    """(first sample, sample count) of each run of True."""
+    out: list[tuple[int, int]] = []
+    n = missing.size
+    k = 0
+    while k < n:
+        if not missing[k]:
+            k += 1
+            continue
+        start = k
+        while k < n and missing[k]:
+            k += 1
+        out.append((start, k - start))
+    return out
 
 
 def _describe(exc: BaseException) -> str:

@@ -53,8 +53,45 @@ class AuthenticationFailed(PermanentReceiverError):
     """``MSG badp=N`` with N != 0, or ``password_timeout``."""
 
 
+class ReceiverNotReady(TransientReceiverError):
+    """``MSG badp=2`` (server still starting) or ``badp=6`` (database update in progress)."""
+
+
+# ``MSG badp=N`` is a reason code (kiwisdr-protocol.md), not a boolean.
+BADP_REASONS = {
+    1: "wrong password",
+    2: "server still starting",
+    3: "admin connection not allowed from this IP",
+    4: "no admin password set",
+    5: "no multiple connections from the same IP",
+    6: "database update in progress",
+    7: "another admin connection is open",
+}
+TRANSIENT_BADP = frozenset({2, 6})
+
+
+def bad_password_error(code: str | int, *, receiver: str | None = None) -> KiwiSDRError:
+    """The typed error for ``MSG badp=<code>``: 2 and 6 are worth a retry, the rest are not."""
+    try:
+        n = int(code)
+    except (TypeError, ValueError):
+        n = -1
+    reason = BADP_REASONS.get(n, "unknown reason")
+    if n in TRANSIENT_BADP:
+        return ReceiverNotReady(
+            f"receiver refused the session: {reason} (badp={code})", receiver=receiver
+        )
+    return AuthenticationFailed(
+        f"receiver refused the session: {reason} (badp={code})", receiver=receiver
+    )
+
+
 class FrequencyOutOfRange(PermanentReceiverError):
     """The RF frequency is outside what the receiver (and its down-converter) can tune."""
+
+
+class GpsUnusable(PermanentReceiverError):
+    """The receiver's GPS clock cannot time a capture (unlocked, or timestamps off)."""
 
 
 class ProtocolError(PermanentReceiverError):

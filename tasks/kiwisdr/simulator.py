@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fractions import Fraction
 from http import HTTPStatus
 
 import numpy as np
@@ -59,6 +60,17 @@ class Faults:
     lost_frames: tuple[int, ...] = ()
     no_gps: bool = False
     redirect_to: str | None = None
+    # Timing defects of real KiwiSDRs (kiwisdr-protocol.md, "What real KiwiSDRs do"):
+    # the first frame of every session is stamped 0/0 with last_gps_solution=0 (on by
+    # default, as on every real receiver); or that first stamp is this many seconds stale;
+    # (frame index, seconds) stamps off by that much yet marked fresh; GPS timestamps
+    # turned off by the operator (all 0/0, /status tdoa_ch=-1).
+    zero_first_frame: bool = True
+    stale_first_s: float | None = None
+    outlier_stamps: tuple[tuple[int, float], ...] = ()
+    timestamps_off: bool = False
+    # Answer the auth with ``MSG badp=<code>`` (2 starting, 6 database update ...).
+    badp: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,21 @@ class SimulatedReceiver:
     users_max: int = 4
     antenna: str = "simulated vertical"
     faults: Faults = field(default_factory=Faults)
+    # Sample-clock error relative to ``sample_rate`` (ppm): the true rate is announced,
+    # stamped and sampled consistently, as a GPS-disciplined KiwiSDR does.
+    clock_ppm: float = 0.0
+    # A fresh GPS fix this often (last_gps_solution counts whole seconds since one).
+    gps_fix_interval_s: float = 1.5
+
+    @property
+    def true_sample_rate(self) -> float:
+        """The rate the receiver really samples at, to the 1e-6 Hz it announces."""
+        return round(self.sample_rate * (1.0 + self.clock_ppm * 1e-6), 6)
+
+    @property
+    def rate_fraction(self) -> Fraction:
+        """The true rate as an exact fraction, so stamps are exact to the nanosecond."""
+        return Fraction(f"{self.true_sample_rate:.6f}")
 
     @property
     def position(self) -> tuple[float, float, float]:
@@ -274,7 +301,7 @@ class SimulatedNetwork:
     ) -> _FrameSource:
         rx = self.receivers[name]
         truth = self.truth(name, frequency_hz)
-        low, high = passband_hz or (-rx.sample_rate / 2, rx.sample_rate / 2)
+        low, high = passband_hz or (-rx.true_sample_rate / 2, rx.true_sample_rate / 2)
         if self._noise is None:
             # One shared table of unit normals; each frame reads a window at a hashed
             # offset. Drawing fresh normals per frame cost ~4x the rest of a frame, and
@@ -285,8 +312,8 @@ class SimulatedNetwork:
             emitter=self.emitter,
             truth=truth,
             in_band=low <= truth.frequency_offset_hz <= high,
-            sample_rate=rx.sample_rate,
-            sigma=math.sqrt(10.0 ** (rx.noise_density / 10.0) * rx.sample_rate / 2.0),
+            sample_rate=rx.true_sample_rate,
+            sigma=math.sqrt(10.0 ** (rx.noise_density / 10.0) * rx.true_sample_rate / 2.0),
             noise=self._noise,
             stream=(self.seed << 20) ^ list(self.receivers).index(name),
         )
@@ -307,6 +334,7 @@ class SimulatedNetwork:
         with self._lock:
             users = self._active[name]
         gps_good = 0 if rx.faults.no_gps else 9
+        stamps_off = rx.faults.no_gps or rx.faults.timestamps_off
         lines = {
             "status": "active" if not rx.faults.down else "offline",
             "offline": "yes" if rx.faults.down else "no",
@@ -321,10 +349,10 @@ class SimulatedNetwork:
             "gps": f"({rx.latitude:.6f}, {rx.longitude:.6f})",
             "gps_good": str(gps_good),
             "fixes": "0" if rx.faults.no_gps else "1200",
-            "fixes_min": "0" if rx.faults.no_gps else "20",
+            "fixes_min": "0" if rx.faults.no_gps else str(round(60 / rx.gps_fix_interval_s)),
             "fixes_hour": "0" if rx.faults.no_gps else "1200",
             "tdoa_id": rx.name.replace(" ", ""),
-            "tdoa_ch": str(rx.users_max - users),
+            "tdoa_ch": "-1" if stamps_off else str(rx.users_max - users),
             "asl": str(int(rx.altitude_m)),
             "loc": rx.name,
             "sw_version": "KiwiSDR_v1.711",
@@ -362,7 +390,7 @@ class SimulatedNetwork:
         self, name: str, rx: SimulatedReceiver, ws: ServerConnection, attempt: int
     ) -> None:
         session = _Session()
-        await ws.send(codec.encode_msg(sample_rate=f"{rx.sample_rate:.6f}"))
+        await ws.send(codec.encode_msg(sample_rate=f"{rx.true_sample_rate:.6f}"))
         streamer: asyncio.Task[None] | None = None
         try:
             while True:
@@ -403,6 +431,10 @@ class SimulatedNetwork:
         except codec.FrameError:
             return True  # a real Kiwi ignores what it does not understand
         if command == "auth":
+            if rx.faults.badp is not None:
+                await ws.send(codec.encode_msg(badp=rx.faults.badp))
+                await ws.close()
+                return False
             if rx.password and args.get("p", "") != rx.password:
                 await ws.send(codec.encode_msg(badp=1))
                 await ws.close()
@@ -460,7 +492,7 @@ class SimulatedNetwork:
         faults = rx.faults
         assert session.freq_khz is not None
         rf_hz = (session.freq_khz + rx.freq_offset_khz) * 1e3
-        fs = rx.sample_rate
+        fs = rx.true_sample_rate
         frame_s = codec.SAMPLES_PER_FRAME / fs
         # Next frame boundary on this receiver's sample grid.
         now_rel = self._gps_now() - self.epoch_gps_s
@@ -494,16 +526,14 @@ class SimulatedNetwork:
             iq, clipped = self.frame_iq(name, start, rf_hz, session.passband)
             mean_sq = float(np.mean(iq.astype(np.float64) ** 2)) * 2.0 / 32768.0**2
             power_dbfs = 10.0 * math.log10(mean_sq + 1e-20)
-            t_abs = self.epoch_gps_s + start / fs
-            whole = math.floor(t_abs)
-            nsec = min(round((t_abs - whole) * 1e9), 999_999_999)
+            gpssec, nsec, lgs = self._stamp(rx, start, index)
             frame = codec.encode_snd(
                 iq,
                 seq=seq,
                 smeter=codec.dbm_to_smeter(power_dbfs + rx.full_scale_dbm),
-                gpssec=int(whole % codec.SECONDS_PER_WEEK),
+                gpssec=gpssec,
                 gpsnsec=nsec,
-                last_gps_solution=codec.NO_GPS if faults.no_gps else 1,
+                last_gps_solution=lgs,
                 flags=flags | (codec.FLAG_ADC_OVERFLOW if clipped else 0),
             )
             if faults.malformed_at_frame is not None and index == faults.malformed_at_frame:
@@ -512,6 +542,66 @@ class SimulatedNetwork:
             index += 1
             seq += 1
             frame_no += 1
+
+    def sample_gps_ns(self, name: str, index: int) -> int:
+        """Exact GPS time (ns since the GPS epoch) of absolute sample ``index`` of ``name``."""
+        rate = self.receivers[name].rate_fraction
+        num, den = rate.numerator, rate.denominator
+        # round(index * 1e9 / rate) in integers: half up, exact.
+        return self.epoch_gps_s * 1_000_000_000 + (2 * index * 1_000_000_000 * den + num) // (
+            2 * num
+        )
+
+    def sample_utc_ns(self, name: str, index: int) -> int:
+        """Ground truth: UTC (integer ns since 1970) of absolute sample ``index``."""
+        return self.sample_gps_ns(name, index) + _GPS_UNIX_OFFSET_NS - _LEAP_NS
+
+    def sample_index_at(self, name: str, utc_ns: int) -> float:
+        """Ground truth: fractional absolute sample index at UTC ``utc_ns``."""
+        gps_ns = int(utc_ns) - _GPS_UNIX_OFFSET_NS + _LEAP_NS - self.epoch_gps_s * 1_000_000_000
+        return float(Fraction(gps_ns, 1_000_000_000) * self.receivers[name].rate_fraction)
+
+    def samples_iq(
+        self,
+        name: str,
+        start_index: int,
+        count: int,
+        frequency_hz: float,
+        passband_hz: tuple[float, float] | None = None,
+    ) -> np.ndarray:
+        """(count, 2) int16 samples from absolute ``start_index``, any alignment."""
+        n = codec.SAMPLES_PER_FRAME
+        first = start_index // n
+        last = (start_index + count - 1) // n
+        frames = [
+            self.frame_iq(name, k * n, frequency_hz, passband_hz)[0] for k in range(first, last + 1)
+        ]
+        out = np.concatenate(frames)
+        off = start_index - first * n
+        return out[off : off + count]
+
+    def _stamp(self, rx: SimulatedReceiver, start: int, index: int) -> tuple[int, int, int]:
+        """(gpssec, gpsnsec, last_gps_solution) of the frame starting at absolute sample
+        ``start``, the ``index``-th frame of its session, with the receiver's defects."""
+        faults = rx.faults
+        if faults.no_gps:
+            return 0, 0, codec.NO_GPS
+        if faults.timestamps_off or (
+            index == 0 and faults.zero_first_frame and faults.stale_first_s is None
+        ):
+            return 0, 0, 0
+        gps_ns = self.sample_gps_ns(rx.name, start)
+        rel_s = (gps_ns - self.epoch_gps_s * 1_000_000_000) / 1e9
+        since_fix = rel_s % rx.gps_fix_interval_s
+        lgs = min(int(since_fix), codec.GPS_SOLUTION_CAP)
+        if index == 0 and faults.stale_first_s is not None:
+            gps_ns -= round(faults.stale_first_s * 1e9)
+        for k, offset_s in faults.outlier_stamps:
+            if k == index:
+                gps_ns += round(offset_s * 1e9)
+                lgs = 0  # marked fresh, as the real ones are
+        sec, nsec = divmod(gps_ns, 1_000_000_000)
+        return int(sec % codec.SECONDS_PER_WEEK), int(nsec), lgs
 
     @staticmethod
     def _gps_now() -> float:
@@ -563,6 +653,8 @@ class _FrameSource:
 
 
 _GPS_UNIX_OFFSET = (codec.GPS_EPOCH - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()
+_GPS_UNIX_OFFSET_NS = 315_964_800 * 1_000_000_000
+_LEAP_NS = codec.GPS_UTC_LEAP_SECONDS * 1_000_000_000
 
 
 def _unused_port(host: str) -> int:

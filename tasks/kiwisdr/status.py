@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from tasks.kiwisdr.errors import ProtocolError, ReceiverUnreachable
+from tasks.kiwisdr.errors import GpsUnusable, ProtocolError, ReceiverUnreachable
 
 _GPS_PAIR = re.compile(r"\(\s*([-+0-9.]+)\s*,\s*([-+0-9.]+)\s*\)")
 
@@ -26,6 +26,8 @@ class ReceiverStatus:
     offline: bool
     gps_good: int
     fixes: int
+    fixes_min: int | None
+    tdoa_ch: int | None
     latitude: float | None
     longitude: float | None
     altitude_m: float | None
@@ -40,6 +42,28 @@ class ReceiverStatus:
     @property
     def gps_fix(self) -> bool:
         return self.gps_good > 0
+
+    @property
+    def gps_timestamps_off(self) -> bool:
+        """The operator turned GPS timestamps off: ``tdoa_ch=-1`` (every frame stamps 0/0)."""
+        return self.tdoa_ch is not None and self.tdoa_ch < 0
+
+    def tdoa_problem(self) -> str | None:
+        """Why this receiver cannot serve time-difference work, or None when it can."""
+        if self.gps_timestamps_off:
+            return "GPS timestamps are turned off (tdoa_ch=-1)"
+        if self.gps_good <= 0:
+            return f"GPS not locked (gps_good={self.gps_good})"
+        if self.fixes_min is not None and self.fixes_min <= 0:
+            return f"no GPS fix in the last minute (fixes_min={self.fixes_min})"
+        return None
+
+
+def require_gps(status: ReceiverStatus, *, receiver: str | None = None) -> None:
+    """Raise :class:`GpsUnusable` (permanent) when ``status`` rules out TDOA use."""
+    problem = status.tdoa_problem()
+    if problem is not None:
+        raise GpsUnusable(problem, receiver=receiver)
 
 
 def parse_status(text: str) -> ReceiverStatus:
@@ -65,6 +89,8 @@ def parse_status(text: str) -> ReceiverStatus:
         offline=raw.get("offline", "no") == "yes" or raw.get("status") == "offline",
         gps_good=_int(raw, "gps_good", 0),
         fixes=_int(raw, "fixes", 0),
+        fixes_min=_optional_int(raw, "fixes_min"),
+        tdoa_ch=_optional_int(raw, "tdoa_ch"),
         latitude=lat,
         longitude=lon,
         altitude_m=float(raw["asl"]) if raw.get("asl", "").lstrip("-").isdigit() else None,
@@ -81,6 +107,13 @@ def _int(raw: dict[str, str], key: str, default: int | None = None) -> int:
         if default is None:
             raise ProtocolError(f"/status field {key}={raw.get(key)!r} is not an integer") from None
         return default
+
+
+def _optional_int(raw: dict[str, str], key: str) -> int | None:
+    try:
+        return int(raw[key])
+    except (KeyError, ValueError):
+        return None
 
 
 async def fetch_status(
