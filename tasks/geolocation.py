@@ -1,0 +1,301 @@
+"""A transmitter's position on WGS-84 from pairwise TDOAs, with an honest uncertainty.
+
+Owns the geometry (geodetic <-> ECEF, local east/north metres), the coarse likelihood
+grid that starts the fit (three receivers can have two solutions: the grid finds the
+global minimum instead of the nearest local one), the weighted nonlinear least squares
+(scipy), outlier-pair rejection, and the 95 % error ellipse and GDOP from the
+covariance. The emitter is on the ellipsoid at a given altitude (2-D fit); the
+propagation speed is a parameter (LF ground waves are a little slower than c).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import optimize, stats
+
+from tasks.kiwisdr.emitter import SPEED_OF_LIGHT, ecef
+
+WGS84_A = 6_378_137.0
+WGS84_E2 = 6.694_379_990_14e-3
+CHI2_2D_95 = float(stats.chi2.ppf(0.95, 2))
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    latitude: float
+    longitude: float
+    altitude_m: float = 0.0
+
+
+@dataclass(frozen=True)
+class Tdoa:
+    """Arrival time at ``a`` minus arrival time at ``b`` (s) and its standard error."""
+
+    a: str
+    b: str
+    tdoa_s: float
+    stderr_s: float
+
+
+@dataclass
+class Position:
+    latitude: float
+    longitude: float
+    ellipse_major_m: float
+    ellipse_minor_m: float
+    ellipse_orientation_deg: float
+    gdop: float
+    residual_rms_ns: float
+    chi2: float
+    pairs_used: list[Tdoa]
+    pairs_rejected: list[tuple[Tdoa, str]]
+    receivers_used: list[str]
+    residuals_ns: dict[str, float]
+    covariance_en_m2: np.ndarray
+    grid: Grid | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Grid:
+    """The coarse likelihood map: cost (weighted chi2) on a lat/lon grid."""
+
+    latitudes: np.ndarray
+    longitudes: np.ndarray
+    chi2: np.ndarray  # (lat, lon)
+
+
+class GeolocationError(ValueError):
+    """Too few usable pairs or receivers to fix a position."""
+
+
+def ecef_array(lat_deg: np.ndarray, lon_deg: np.ndarray, alt_m: float | np.ndarray) -> np.ndarray:
+    """Vectorised WGS-84 geodetic -> ECEF (..., 3)."""
+    lat, lon = np.radians(lat_deg), np.radians(lon_deg)
+    n = WGS84_A / np.sqrt(1.0 - WGS84_E2 * np.sin(lat) ** 2)
+    return np.stack(
+        [
+            (n + alt_m) * np.cos(lat) * np.cos(lon),
+            (n + alt_m) * np.cos(lat) * np.sin(lon),
+            (n * (1.0 - WGS84_E2) + alt_m) * np.sin(lat),
+        ],
+        axis=-1,
+    )
+
+
+def metres_per_degree(lat_deg: float) -> tuple[float, float]:
+    """(north metres per degree latitude, east metres per degree longitude) on WGS-84."""
+    lat = math.radians(lat_deg)
+    s2 = math.sin(lat) ** 2
+    m = WGS84_A * (1 - WGS84_E2) / (1 - WGS84_E2 * s2) ** 1.5
+    n = WGS84_A / math.sqrt(1 - WGS84_E2 * s2)
+    return m * math.pi / 180.0, n * math.cos(lat) * math.pi / 180.0
+
+
+def horizontal_distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Straight-line distance between two points on the ellipsoid surface (fine < 1000 km)."""
+    return float(np.linalg.norm(ecef(lat1, lon1, 0.0) - ecef(lat2, lon2, 0.0)))
+
+
+def _model(
+    lat: np.ndarray, lon: np.ndarray, alt: float, sites: dict[str, np.ndarray], pairs, speed
+) -> np.ndarray:
+    p = ecef_array(lat, lon, alt)
+    dist = {name: np.linalg.norm(p - xyz, axis=-1) for name, xyz in sites.items()}
+    return np.stack([(dist[t.a] - dist[t.b]) / speed for t in pairs], axis=-1)
+
+
+def locate(
+    sites: Sequence[Site],
+    tdoas: Sequence[Tdoa],
+    *,
+    speed_m_s: float = SPEED_OF_LIGHT,
+    emitter_altitude_m: float = 0.0,
+    grid_points: int = 161,
+    margin_m: float | None = None,
+    max_outlier_rounds: int = 3,
+    outlier_p: float = 1e-3,
+) -> Position:
+    """Weighted least-squares position of the emitter from pairwise TDOAs.
+
+    Covariance: the pair TDOAs are treated as independent, which overstates the
+    information when all pairs of N receivers are used (only N-1 are independent); the
+    covariance is inflated by pairs/(N-1), and by the reduced chi2 when it exceeds 1.
+    """
+    if not (math.isfinite(speed_m_s) and 1e8 <= speed_m_s <= 3.1e8):
+        raise ValueError(f"speed_m_s={speed_m_s} is out of range [1e8, 3.1e8] m/s")
+    by_name = {s.name: s for s in sites}
+    pairs = [t for t in tdoas if t.a in by_name and t.b in by_name]
+    _check_enough(pairs)
+    rejected: list[tuple[Tdoa, str]] = []
+    xyz = {n: ecef(s.latitude, s.longitude, s.altitude_m) for n, s in by_name.items()}
+    grid = _grid(by_name, xyz, pairs, speed_m_s, emitter_altitude_m, grid_points, margin_m)
+    for _ in range(max_outlier_rounds + 1):
+        fit = _fit(xyz, pairs, speed_m_s, emitter_altitude_m, grid, by_name)
+        lat, lon, res, chi2 = fit
+        n_rx = len(_receivers(pairs))
+        dof = max(n_rx - 1 - 2, 0)
+        eff_chi2 = chi2 * (n_rx - 1) / len(pairs)
+        if dof == 0 or stats.chi2.sf(eff_chi2, dof) >= outlier_p:
+            break
+        if len(pairs) <= 3 or n_rx <= 3:
+            break
+        worst = int(np.argmax(np.abs(res / [t.stderr_s for t in pairs])))
+        candidate = pairs[:worst] + pairs[worst + 1 :]
+        if len(_receivers(candidate)) < 3:
+            break
+        rejected.append(
+            (pairs[worst], f"outlier: residual {res[worst] * 1e9:.0f} ns, chi2 {chi2:.1f}")
+        )
+        pairs = candidate
+        grid = _grid(by_name, xyz, pairs, speed_m_s, emitter_altitude_m, grid_points, margin_m)
+    receivers = _receivers(pairs)
+    cov, gdop = _covariance(lat, lon, xyz, pairs, speed_m_s, emitter_altitude_m)
+    n_rx = len(receivers)
+    inflate = len(pairs) / max(n_rx - 1, 1)
+    dof = max(n_rx - 1 - 2, 0)
+    if dof > 0:
+        inflate *= max(1.0, chi2 * (n_rx - 1) / len(pairs) / dof)
+    cov = cov * inflate
+    major, minor, orient = error_ellipse(cov)
+    rms = float(np.sqrt(np.mean(res**2))) * 1e9
+    return Position(
+        latitude=lat,
+        longitude=lon,
+        ellipse_major_m=major,
+        ellipse_minor_m=minor,
+        ellipse_orientation_deg=orient,
+        gdop=gdop,
+        residual_rms_ns=rms,
+        chi2=chi2,
+        pairs_used=pairs,
+        pairs_rejected=rejected,
+        receivers_used=receivers,
+        residuals_ns={f"{t.a}-{t.b}": float(r * 1e9) for t, r in zip(pairs, res, strict=True)},
+        covariance_en_m2=cov,
+        grid=grid,
+    )
+
+
+def _receivers(pairs: Sequence[Tdoa]) -> list[str]:
+    return sorted({t.a for t in pairs} | {t.b for t in pairs})
+
+
+def _check_enough(pairs: Sequence[Tdoa]) -> None:
+    n_rx = len(_receivers(pairs))
+    if len(pairs) < 2 or n_rx < 3:
+        raise GeolocationError(
+            f"need TDOAs from at least 3 receivers (2 pairs) for a 2-D position, got "
+            f"{len(pairs)} pair(s) over {n_rx} receiver(s)"
+        )
+
+
+def _grid(by_name, xyz, pairs, speed, alt, points, margin_m) -> Grid:
+    lats = np.array([s.latitude for s in by_name.values()])
+    lons = np.array([s.longitude for s in by_name.values()])
+    lat0 = float(lats.mean())
+    m_lat, m_lon = metres_per_degree(lat0)
+    extent = max((lats.max() - lats.min()) * m_lat, (lons.max() - lons.min()) * m_lon, 10_000.0)
+    margin = margin_m if margin_m is not None else max(50_000.0, extent)
+    glat = np.linspace(lats.min() - margin / m_lat, lats.max() + margin / m_lat, points)
+    glon = np.linspace(lons.min() - margin / m_lon, lons.max() + margin / m_lon, points)
+    glat = np.clip(glat, -89.9, 89.9)
+    la, lo = np.meshgrid(glat, glon, indexing="ij")
+    pred = _model(la, lo, alt, xyz, pairs, speed)
+    meas = np.array([t.tdoa_s for t in pairs])
+    sig = np.array([t.stderr_s for t in pairs])
+    # grid cells are coarse: add the TDOA change across a cell to the error so the true
+    # cell is not missed between two narrow hyperbolae
+    cell = max(glat[1] - glat[0], 0) * m_lat + max(glon[1] - glon[0], 0) * m_lon
+    sig_eff = np.sqrt(sig**2 + (cell / speed) ** 2)
+    chi2 = np.sum(((pred - meas) / sig_eff) ** 2, axis=-1)
+    return Grid(glat, glon, chi2)
+
+
+def _fit(xyz, pairs, speed, alt, grid: Grid, by_name) -> tuple[float, float, np.ndarray, float]:
+    meas = np.array([t.tdoa_s for t in pairs])
+    sig = np.array([t.stderr_s for t in pairs])
+    lat_ref = float(np.mean([s.latitude for s in by_name.values()]))
+    m_lat, m_lon = metres_per_degree(lat_ref)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        pred = _model(np.array(x[0]), np.array(x[1]), alt, xyz, pairs, speed)
+        return (pred - meas) / sig
+
+    starts = _grid_minima(grid, 4)
+    best = None
+    for la, lo in starts:
+        sol = optimize.least_squares(
+            residuals,
+            x0=[la, lo],
+            x_scale=[1000.0 / m_lat, 1000.0 / m_lon],
+            method="lm",
+            xtol=1e-12,
+            ftol=1e-12,
+        )
+        cost = float(np.sum(sol.fun**2))
+        if best is None or cost < best[1]:
+            best = (sol, cost)
+    assert best is not None
+    sol, cost = best
+    lat, lon = float(sol.x[0]), float(sol.x[1])
+    lon = (lon + 180.0) % 360.0 - 180.0
+    res = sol.fun * sig
+    return lat, lon, res, cost
+
+
+def _grid_minima(grid: Grid, count: int) -> list[tuple[float, float]]:
+    """The lowest local minima of the grid cost (distinct basins), best first."""
+    c = grid.chi2
+    padded = np.pad(c, 1, constant_values=np.inf)
+    is_min = np.ones_like(c, dtype=bool)
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if di or dj:
+                is_min &= c <= padded[1 + di : 1 + di + c.shape[0], 1 + dj : 1 + dj + c.shape[1]]
+    idx = np.argwhere(is_min)
+    order = np.argsort(c[is_min])
+    out = [(float(grid.latitudes[i]), float(grid.longitudes[j])) for i, j in idx[order][:count]]
+    if not out:
+        i, j = np.unravel_index(int(np.argmin(c)), c.shape)
+        out = [(float(grid.latitudes[i]), float(grid.longitudes[j]))]
+    return out
+
+
+def _covariance(lat, lon, xyz, pairs, speed, alt) -> tuple[np.ndarray, float]:
+    """Position covariance in (east, north) m^2 and the GDOP of the geometry."""
+    m_lat, m_lon = metres_per_degree(lat)
+    d = 1.0  # metre steps for the numerical Jacobian
+    base = _model(np.array(lat), np.array(lon), alt, xyz, pairs, speed)
+    de = _model(np.array(lat), np.array(lon + d / m_lon), alt, xyz, pairs, speed) - base
+    dn = _model(np.array(lat + d / m_lat), np.array(lon), alt, xyz, pairs, speed) - base
+    jac = np.stack([de, dn], axis=-1) / d  # s per metre
+    sig = np.array([t.stderr_s for t in pairs])
+    jw = jac / sig[:, None]
+    cov = np.linalg.inv(jw.T @ jw)
+    h = jac * speed  # range difference per metre: dimensionless
+    gdop = float(np.sqrt(np.trace(np.linalg.inv(h.T @ h))))
+    return cov, gdop
+
+
+def error_ellipse(cov_en: np.ndarray, chi2_level: float = CHI2_2D_95) -> tuple[float, float, float]:
+    """(major, minor semi-axes m, orientation of the major axis deg clockwise from north)."""
+    vals, vecs = np.linalg.eigh(cov_en)
+    k = math.sqrt(chi2_level)
+    major = k * math.sqrt(max(vals[1], 0.0))
+    minor = k * math.sqrt(max(vals[0], 0.0))
+    e, n = vecs[0, 1], vecs[1, 1]
+    orient = math.degrees(math.atan2(e, n)) % 180.0
+    return major, minor, orient
+
+
+def inside_ellipse(position: Position, lat: float, lon: float) -> bool:
+    """Whether (lat, lon) lies inside the 95 % ellipse of ``position``."""
+    m_lat, m_lon = metres_per_degree(position.latitude)
+    d = np.array([(lon - position.longitude) * m_lon, (lat - position.latitude) * m_lat])
+    return float(d @ np.linalg.inv(position.covariance_en_m2) @ d) <= CHI2_2D_95
