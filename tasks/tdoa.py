@@ -214,7 +214,11 @@ def occupied_band(
     f, p = f[order], p[order]
     p = ssignal.medfilt(p, 5)  # a carrier line is not "occupied band"
     floor = float(np.percentile(p, 10))
-    excess = np.clip(p - 2.0 * floor, 0.0, None)
+    passing = p > 4.0 * floor
+    # With a receiver filter, noise inside the passband stands above the stopband, so the
+    # signal is what stands above the passband's own (median) noise.
+    noise = float(np.median(p[passing] if passing.mean() > 0.4 else p))
+    excess = np.clip(p - 2.0 * noise, 0.0, None)
     if passband is not None:
         excess[(f < passband[0]) | (f > passband[1])] = 0.0
     found = excess.sum() > 0
@@ -234,7 +238,12 @@ def occupied_band(
 
 
 def _segment_spectra(
-    r: ReceiverSeries, x: np.ndarray, centres_ns: Sequence[int], length: int, nfft: int
+    r: ReceiverSeries,
+    x: np.ndarray,
+    centres_ns: Sequence[int],
+    length: int,
+    nfft: int,
+    remove_carrier: bool = False,
 ) -> np.ndarray:
     """FFTs of one receiver's segments, each aligned exactly to its GPS centre time."""
     fs = r.sample_rate_hz
@@ -252,6 +261,10 @@ def _segment_spectra(
         lo, hi = max(a, 0), min(a + length, x.size)
         if hi > lo:  # a segment shifted past the recording's end is zero-filled
             block[lo - a : hi - a] = x[lo:hi]
+        if remove_carrier:
+            # the carrier sits at 0 Hz: take it out before the taper, or its leakage
+            # (identical in every receiver) correlates at zero window offset
+            block -= np.sum(block * taper) / np.sum(taper)
         block *= taper
         spec = sfft.fft(block, nfft)
         # block sample j sits at tc + (j - half - frac)/fs: advance it by frac samples
@@ -354,7 +367,12 @@ def estimate_tdoas(
                 spectra[ra.name],
                 spectra[rb.name],
                 lambda shift_ns, rb=rb: _segment_spectra(
-                    rb, mixed[rb.name], [c + shift_ns for c in centres], length, nfft
+                    rb,
+                    mixed[rb.name],
+                    [c + shift_ns for c in centres],
+                    length,
+                    nfft,
+                    result.carriers[rb.name].power_order == 1,
                 ),
                 freqs,
                 fs_common,
