@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import optimize, stats
@@ -59,6 +60,9 @@ class Position:
     covariance_en_m2: np.ndarray
     grid: Grid | None = None
     notes: list[str] = field(default_factory=list)
+    # other positions that fit the TDOAs about as well (three receivers: two hyperbola
+    # intersections), (lat, lon, chi2)
+    alternatives: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -136,8 +140,9 @@ def locate(
     xyz = {n: ecef(s.latitude, s.longitude, s.altitude_m) for n, s in by_name.items()}
     grid = _grid(by_name, xyz, pairs, speed_m_s, emitter_altitude_m, grid_points, margin_m)
     for _ in range(max_outlier_rounds + 1):
-        fit = _fit(xyz, pairs, speed_m_s, emitter_altitude_m, grid, by_name)
-        lat, lon, res, chi2 = fit
+        lat, lon, res, chi2, alternatives = _fit(
+            xyz, pairs, speed_m_s, emitter_altitude_m, grid, by_name
+        )
         n_rx = len(_receivers(pairs))
         dof = max(n_rx - 1 - 2, 0)
         eff_chi2 = chi2 * (n_rx - 1) / len(pairs)
@@ -164,6 +169,11 @@ def locate(
     cov = cov * inflate
     major, minor, orient = error_ellipse(cov)
     rms = float(np.sqrt(np.mean(res**2))) * 1e9
+    notes = [
+        f"ambiguous: {la:.5f}, {lo:.5f} fits as well (chi2 {c:.1f} vs {chi2:.1f}); "
+        "more receivers would decide"
+        for la, lo, c in alternatives
+    ]
     return Position(
         latitude=lat,
         longitude=lon,
@@ -179,6 +189,8 @@ def locate(
         residuals_ns={f"{t.a}-{t.b}": float(r * 1e9) for t, r in zip(pairs, res, strict=True)},
         covariance_en_m2=cov,
         grid=grid,
+        notes=notes,
+        alternatives=alternatives,
     )
 
 
@@ -201,7 +213,7 @@ def _grid(by_name, xyz, pairs, speed, alt, points, margin_m) -> Grid:
     lat0 = float(lats.mean())
     m_lat, m_lon = metres_per_degree(lat0)
     extent = max((lats.max() - lats.min()) * m_lat, (lons.max() - lons.min()) * m_lon, 10_000.0)
-    margin = margin_m if margin_m is not None else max(50_000.0, extent)
+    margin = margin_m if margin_m is not None else max(100_000.0, extent)
     glat = np.linspace(lats.min() - margin / m_lat, lats.max() + margin / m_lat, points)
     glon = np.linspace(lons.min() - margin / m_lon, lons.max() + margin / m_lon, points)
     glat = np.clip(glat, -89.9, 89.9)
@@ -217,7 +229,7 @@ def _grid(by_name, xyz, pairs, speed, alt, points, margin_m) -> Grid:
     return Grid(glat, glon, chi2)
 
 
-def _fit(xyz, pairs, speed, alt, grid: Grid, by_name) -> tuple[float, float, np.ndarray, float]:
+def _fit(xyz, pairs, speed, alt, grid: Grid, by_name) -> tuple[Any, ...]:
     meas = np.array([t.tdoa_s for t in pairs])
     sig = np.array([t.stderr_s for t in pairs])
     lat_ref = float(np.mean([s.latitude for s in by_name.values()]))
@@ -227,8 +239,9 @@ def _fit(xyz, pairs, speed, alt, grid: Grid, by_name) -> tuple[float, float, np.
         pred = _model(np.array(x[0]), np.array(x[1]), alt, xyz, pairs, speed)
         return (pred - meas) / sig
 
-    starts = _grid_minima(grid, 4)
+    starts = _grid_minima(grid, 6)
     best = None
+    found = []
     for la, lo in starts:
         sol = optimize.least_squares(
             residuals,
@@ -239,14 +252,23 @@ def _fit(xyz, pairs, speed, alt, grid: Grid, by_name) -> tuple[float, float, np.
             ftol=1e-12,
         )
         cost = float(np.sum(sol.fun**2))
+        found.append((float(sol.x[0]), float(sol.x[1]), cost))
         if best is None or cost < best[1]:
             best = (sol, cost)
     assert best is not None
     sol, cost = best
     lat, lon = float(sol.x[0]), float(sol.x[1])
-    lon = (lon + 180.0) % 360.0 - 180.0
     res = sol.fun * sig
-    return lat, lon, res, cost
+    alternatives = []
+    lat_span = (grid.latitudes[0], grid.latitudes[-1])
+    lon_span = (grid.longitudes[0], grid.longitudes[-1])
+    for la, lo, c in found:
+        in_area = lat_span[0] <= la <= lat_span[1] and lon_span[0] <= lo <= lon_span[1]
+        fits = c <= cost + max(4.0, 0.5 * cost)
+        new = all(horizontal_distance_m(la, lo, a, b) > 1_000.0 for a, b, _ in alternatives)
+        if in_area and fits and new and horizontal_distance_m(lat, lon, la, lo) > 1_000.0:
+            alternatives.append((la, lo, c))
+    return lat, (lon + 180.0) % 360.0 - 180.0, res, cost, alternatives
 
 
 def _grid_minima(grid: Grid, count: int) -> list[tuple[float, float]]:

@@ -212,28 +212,36 @@ def occupied_band(
     f, p = ssignal.welch(x, fs=fs, nperseg=nper, return_onesided=False, detrend=False)
     order = np.argsort(f)
     f, p = f[order], p[order]
-    p = ssignal.medfilt(p, 5)  # a carrier line is not "occupied band"
-    floor = float(np.percentile(p, 10))
-    passing = p > 4.0 * floor
-    # With a receiver filter, noise inside the passband stands above the stopband, so the
-    # signal is what stands above the passband's own (median) noise.
-    noise = float(np.median(p[passing] if passing.mean() > 0.4 else p))
-    excess = np.clip(p - 2.0 * noise, 0.0, None)
+    p = ssignal.medfilt(p, 5)
+    df = f[1] - f[0]
     if passband is not None:
-        excess[(f < passband[0]) | (f > passband[1])] = 0.0
-    found = excess.sum() > 0
-    if not found:
-        low, high = passband if passband is not None else (-fs / 2, fs / 2)
-    else:
+        p = np.where((f < passband[0]) | (f > passband[1]), 0.0, p)
+    stop = float(np.percentile(p, 5))
+    # The receiver's passband shows as noise standing above the stopband; inside it, the
+    # signal is what stands above the passband's own low-percentile noise. The carrier
+    # line itself is not "occupied band".
+    region = p > 4.0 * stop if stop > 0 else p > 0
+    carrier = np.abs(f - ref_hz) <= 3.0 * df
+    if not region.any():
+        region = np.ones_like(region)
+    noise = float(np.percentile(p[region], 10))
+    excess = np.where(region & ~carrier, np.clip(p - 3.0 * noise, 0.0, None), 0.0)
+    found = bool(excess.sum() > 0)
+    inside = region & ~carrier
+    if found:
         c = np.cumsum(excess) / excess.sum()
-        df = f[1] - f[0]
         low = float(f[np.searchsorted(c, 0.005)]) - df
         high = float(f[min(np.searchsorted(c, 0.995), f.size - 1)]) + df
-        if passband is not None:
-            low, high = max(low, passband[0]), min(high, passband[1])
-        if high - low < 50.0:  # only a carrier stands out: keep whatever band there is
-            low, high = passband if passband is not None else (-fs / 2, fs / 2)
-            found = False
+    elif inside.any():
+        # nothing but noise (or a signal filling the passband): the passband seen
+        low, high = float(f[inside][0]) - df, float(f[inside][-1]) + df
+    else:
+        low, high = float(f[0]), float(f[-1])
+    if passband is not None:
+        low, high = max(low, passband[0]), min(high, passband[1])
+    if high - low < 50.0:
+        low, high = passband if passband is not None else (float(f[0]), float(f[-1]))
+        found = False
     return (float(low - ref_hz), float(high - ref_hz)), found
 
 
@@ -243,15 +251,23 @@ def _segment_spectra(
     centres_ns: Sequence[int],
     length: int,
     nfft: int,
+    grid_rate_hz: float,
     remove_carrier: bool = False,
 ) -> np.ndarray:
-    """FFTs of one receiver's segments, each aligned exactly to its GPS centre time."""
+    """FFTs of one receiver's segments resampled onto the common GPS time grid.
+
+    Sample j of a segment is the signal at ``tc + (j - length//2) / grid_rate_hz``: the
+    fraction of a sample by an exact frequency-domain delay, the clock-rate stretch
+    (a few ppm: < 0.1 sample at the segment ends) by a first-order derivative term.
+    """
     fs = r.sample_rate_hz
-    freqs = sfft.fftfreq(nfft, 1.0 / fs)
+    omega = 2.0 * np.pi * sfft.fftfreq(nfft, 1.0 / fs)
     out = np.zeros((len(centres_ns), nfft), dtype=np.complex128)
     half = length // 2
-    # tapered edges: a fractional shift of a hard-edged block rings and biases the lag
-    taper = ssignal.windows.tukey(length, 0.2)
+    j = np.arange(length, dtype=np.float64)
+    # Tapered edges: hard block edges ring in the correlation and bias the lag.
+    taper = _tukey(j, length)
+    stretch = (j - half) * (fs / grid_rate_hz - 1.0) / fs  # seconds, per grid sample
     for s, tc in enumerate(centres_ns):
         c = (tc - r.t0_ns) * fs / NS_PER_S  # fractional sample index of the centre
         ic = round(c)
@@ -265,11 +281,24 @@ def _segment_spectra(
             # the carrier sits at 0 Hz: take it out before the taper, or its leakage
             # (identical in every receiver) correlates at zero window offset
             block -= np.sum(block * taper) / np.sum(taper)
-        block *= taper
-        spec = sfft.fft(block, nfft)
-        # block sample j sits at tc + (j - half - frac)/fs: advance it by frac samples
-        out[s] = spec * np.exp(2j * np.pi * freqs * frac / fs)
+        # block sample j sits at index c + (j - half) - frac: advance it by frac samples
+        spec = sfft.fft(block, nfft) * np.exp(1j * omega * frac / fs)
+        y = sfft.ifft(spec)[:length]
+        if np.any(stretch):
+            y = y + sfft.ifft(1j * omega * spec)[:length] * stretch
+        out[s] = sfft.fft(y * taper, nfft)
     return out
+
+
+def _tukey(pos: np.ndarray, length: int, alpha: float = 0.2) -> np.ndarray:
+    """A Tukey window evaluated at fractional sample positions (0 .. length-1)."""
+    x = np.clip(pos / (length - 1), 0.0, 1.0)
+    edge = alpha / 2.0
+    w = np.ones_like(x)
+    left, right = x < edge, x > 1.0 - edge
+    w[left] = 0.5 * (1.0 - np.cos(np.pi * x[left] / edge))
+    w[right] = 0.5 * (1.0 - np.cos(np.pi * (1.0 - x[right]) / edge))
+    return w
 
 
 def _corr_at(cross: np.ndarray, omega: np.ndarray, tau: float) -> tuple[complex, complex, complex]:
@@ -355,7 +384,18 @@ def estimate_tdoas(
         mixed[r.name] = x
     freqs = sfft.fftfreq(nfft, 1.0 / fs_common)
     notch = notch_hz if notch_hz is not None else 2.5 * fs_common / nfft * 2
-    spectra = {r.name: _segment_spectra(r, mixed[r.name], centres, length, nfft) for r in receivers}
+    spectra = {
+        r.name: _segment_spectra(
+            r,
+            mixed[r.name],
+            centres,
+            length,
+            nfft,
+            fs_common,
+            result.carriers[r.name].power_order == 1,
+        )
+        for r in receivers
+    }
     upsample = 4
     for ra, rb in combinations(receivers, 2):
         result.pairs.append(
@@ -372,6 +412,7 @@ def estimate_tdoas(
                     [c + shift_ns for c in centres],
                     length,
                     nfft,
+                    fs_common,
                     result.carriers[rb.name].power_order == 1,
                 ),
                 freqs,
