@@ -32,7 +32,17 @@ from tasks.geolocation import GeolocationError, Position, Site, Tdoa, horizontal
 from tasks.geolocation import locate as solve_position
 from tasks.kiwisdr.emitter import SPEED_OF_LIGHT
 from tasks.tdoa import ReceiverSeries, TdoaError, TdoaResult, estimate_tdoas
-from tasks.timing import NS_PER_S, TimingModel, datetime_to_ns, ns_to_datetime
+from tasks.timing import (
+    NS_PER_S,
+    FrameStamp,
+    TimingError,
+    TimingModel,
+    datetime_to_ns,
+    fit_timing,
+    ns_to_datetime,
+)
+
+SECONDS_PER_WEEK = 7 * 24 * 3600
 
 __all__ = ["LocateOutcome", "locate", "locate_series", "main", "series_from_recording"]
 
@@ -127,18 +137,21 @@ def series_from_recording(samples: np.ndarray, meta: dict[str, Any]) -> Receiver
     coords = (g.get("core:geolocation") or {}).get("coordinates")
     if not coords:
         raise ValueError(f"recording of {g.get('rfacq:receiver')!r} has no core:geolocation")
-    flags: tuple[str, ...] = ()
     sigma = 0.0
+    start_ns = datetime_to_ns(
+        datetime.fromisoformat(capture["core:datetime"].replace("Z", "+00:00"))
+    )
+    rate = float(g["core:sample_rate"])
     model = g.get("rfacq:timing_model")
-    if model:
-        tm = TimingModel.from_dict(model)
-        t0, rate, flags = tm.t0_ns, tm.sample_rate_hz, tm.flags
+    tm = TimingModel.from_dict(model) if model else _fit_frame_timing(g, start_ns, rate)
+    if tm is not None:
+        t0, rate, flags = tm.t0_ns, tm.sample_rate_hz, tuple(tm.flags)
+        if not model:
+            flags = ("refit_from_rfacq_timing", *flags)
         if tm.residual_ns:
             sigma = tm.residual_ns / max(tm.fixes, 1) ** 0.5 / NS_PER_S
     else:
-        t0 = datetime_to_ns(datetime.fromisoformat(capture["core:datetime"].replace("Z", "+00:00")))
-        rate = float(g["core:sample_rate"])
-        flags = ("no_timing_model",)
+        t0, flags = start_ns, ("host_clock", "no_timing_model")
     return ReceiverSeries(
         name=str(g.get("rfacq:receiver")),
         latitude=float(coords[1]),
@@ -151,6 +164,27 @@ def series_from_recording(samples: np.ndarray, meta: dict[str, Any]) -> Receiver
         timing_sigma_s=sigma,
         flags=tuple(flags),
     )
+
+
+def _fit_frame_timing(g: dict[str, Any], start_ns: int, rate: float) -> TimingModel | None:
+    """Refit the timing of a recording made before ``rfacq:timing_model`` existed, from its
+    per-frame GPS times (``rfacq:timing``: offsets from the first stamped frame)."""
+    timing = g.get("rfacq:timing") or {}
+    starts = timing.get("frame_sample_start") or []
+    offsets = timing.get("frame_gps_offset_s") or []
+    first = timing.get("first_frame_gps_seconds_of_week")
+    if first is None or len(starts) < 3 or len(starts) != len(offsets) or offsets[0] != 0:
+        return None
+    first_ns = round(float(first) * NS_PER_S)
+    stamps = []
+    for index, offset in zip(starts, offsets, strict=True):
+        gps_ns = first_ns + round(float(offset) * NS_PER_S)
+        sec, nsec = divmod(gps_ns, NS_PER_S)
+        stamps.append(FrameStamp(int(index), int(sec) % SECONDS_PER_WEEK, int(nsec), 0))
+    try:
+        return fit_timing(stamps, nominal_rate_hz=rate, host_ref_ns=start_ns, host_fallback=False)
+    except (TimingError, ValueError):
+        return None
 
 
 @task
@@ -187,8 +221,12 @@ async def load_acquisition(
     out = []
     for rec in listed:
         samples, meta = await load_recording(fs, rec.data_key)
-        out.append(series_from_recording(samples, meta))
-        logger.info("loaded %s (%d samples)", rec.receiver, samples.size)
+        series = series_from_recording(samples, meta)
+        if "host_clock" in series.flags:
+            logger.warning("%s: no GPS timing (%s): left out", rec.receiver, series.flags)
+            continue
+        out.append(series)
+        logger.info("loaded %s (%d samples, %s)", rec.receiver, samples.size, series.flags)
     return out
 
 

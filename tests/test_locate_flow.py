@@ -202,3 +202,37 @@ def test_simulated_network_psk_acquire_then_locate(prefect_server: None, tmp_pat
     rows = locations_for(sqlite_engine(tmp_path / "rf_acquisition.db"), acquisition_id)
     assert len(rows) == 1 and rows[0]["status"] == "ok"
     assert rows[0]["error_m"] == pytest.approx(loc["error_m"])
+
+
+def test_recordings_without_a_timing_model_are_refit_from_frame_times() -> None:
+    """Recordings made before rfacq:timing_model kept per-frame GPS offsets from the first
+    stamped frame: the flow refits t0 to the nanosecond and the true rate from them."""
+    rate = Fraction("12001.137")
+    t0 = datetime_to_ns(START) + 123_456_789
+    frames = 60
+    gps = [
+        utc_ns_to_gps_stamp(t0 + round(Fraction(k * N * NS_PER_S) / rate)) for k in range(frames)
+    ]
+    first = gps[0][0] + gps[0][1] * 1e-9
+    g = {
+        "rfacq:receiver": "old",
+        "core:sample_rate": 12001.0,
+        "core:geolocation": {"type": "Point", "coordinates": [7.5, 45.0, 100.0]},
+        "rfacq:timing": {
+            "gps_week": 0,
+            "first_frame_gps_seconds_of_week": round(first, 9),
+            "frame_sample_start": [k * N for k in range(frames)],
+            "frame_gps_offset_s": [
+                round(((s - gps[0][0]) * NS_PER_S + ns - gps[0][1]) / 1e9, 9) for s, ns in gps
+            ],
+        },
+    }
+    meta = {
+        "global": g,
+        "captures": [{"core:datetime": START.isoformat(), "core:frequency": 1e6}],
+    }
+    series = locate_flow.series_from_recording(np.zeros(frames * N, np.complex64), meta)
+    assert abs(series.t0_ns - t0) <= 2
+    assert series.sample_rate_hz == pytest.approx(float(rate), abs=1e-4)
+    assert "refit_from_rfacq_timing" in series.flags
+    assert (series.latitude, series.longitude, series.altitude_m) == (45.0, 7.5, 100.0)
