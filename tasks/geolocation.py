@@ -127,9 +127,10 @@ def locate(
 ) -> Position:
     """Weighted least-squares position of the emitter from pairwise TDOAs.
 
-    Covariance: the pair TDOAs are treated as independent, which overstates the
-    information when all pairs of N receivers are used (only N-1 are independent); the
-    covariance is inflated by pairs/(N-1), and by the reduced chi2 when it exceeds 1.
+    Covariance: the fit weights pairs as independent, but pairs sharing a receiver share
+    its errors (only N-1 of the pairs are independent): the covariance is the sandwich
+    with the pairs' modelled covariance (:func:`pair_covariance`), inflated when the
+    residuals' chi2 exceeds what that covariance predicts.
     """
     if not (math.isfinite(speed_m_s) and 1e8 <= speed_m_s <= 3.1e8):
         raise ValueError(f"speed_m_s={speed_m_s} is out of range [1e8, 3.1e8] m/s")
@@ -145,8 +146,12 @@ def locate(
         )
         n_rx = len(_receivers(pairs))
         dof = max(n_rx - 1 - 2, 0)
-        eff_chi2 = chi2 * (n_rx - 1) / len(pairs)
-        if dof == 0 or stats.chi2.sf(eff_chi2, dof) >= outlier_p:
+        if dof == 0:
+            break
+        _, _, expected = _covariance(lat, lon, xyz, pairs, speed_m_s, emitter_altitude_m)
+        # chi2 of correlated pairs, rescaled to the independent (N-3)-dof distribution
+        eff_chi2 = chi2 * dof / expected if expected > 0 else chi2
+        if stats.chi2.sf(eff_chi2, dof) >= outlier_p:
             break
         if len(pairs) <= 3 or n_rx <= 3:
             break
@@ -160,13 +165,10 @@ def locate(
         pairs = candidate
         grid = _grid(by_name, xyz, pairs, speed_m_s, emitter_altitude_m, grid_points, margin_m)
     receivers = _receivers(pairs)
-    cov, gdop = _covariance(lat, lon, xyz, pairs, speed_m_s, emitter_altitude_m)
-    n_rx = len(receivers)
-    inflate = len(pairs) / max(n_rx - 1, 1)
-    dof = max(n_rx - 1 - 2, 0)
-    if dof > 0:
-        inflate *= max(1.0, chi2 * (n_rx - 1) / len(pairs) / dof)
-    cov = cov * inflate
+    cov, gdop, expected_chi2 = _covariance(lat, lon, xyz, pairs, speed_m_s, emitter_altitude_m)
+    if expected_chi2 > 0:
+        # residuals larger than the pairs' errors explain: the errors were understated
+        cov = cov * max(1.0, chi2 / expected_chi2)
     major, minor, orient = error_ellipse(cov)
     rms = float(np.sqrt(np.mean(res**2))) * 1e9
     notes = [
@@ -289,8 +291,9 @@ def _grid_minima(grid: Grid, count: int) -> list[tuple[float, float]]:
     return out
 
 
-def _covariance(lat, lon, xyz, pairs, speed, alt) -> tuple[np.ndarray, float]:
-    """Position covariance in (east, north) m^2 and the GDOP of the geometry."""
+def _covariance(lat, lon, xyz, pairs, speed, alt) -> tuple[np.ndarray, float, float]:
+    """Position covariance in (east, north) m^2, the GDOP of the geometry, and the chi2
+    the residuals should have under the pairs' covariance."""
     m_lat, m_lon = metres_per_degree(lat)
     d = 1.0  # metre steps for the numerical Jacobian
     base = _model(np.array(lat), np.array(lon), alt, xyz, pairs, speed)
@@ -298,11 +301,38 @@ def _covariance(lat, lon, xyz, pairs, speed, alt) -> tuple[np.ndarray, float]:
     dn = _model(np.array(lat + d / m_lat), np.array(lon), alt, xyz, pairs, speed) - base
     jac = np.stack([de, dn], axis=-1) / d  # s per metre
     sig = np.array([t.stderr_s for t in pairs])
-    jw = jac / sig[:, None]
-    cov = np.linalg.inv(jw.T @ jw)
+    w = np.diag(1.0 / sig**2)
+    bread = np.linalg.inv(jac.T @ w @ jac)
+    c = pair_covariance(pairs)
+    # The fit weights pairs as independent; pairs sharing a receiver share its noise, so
+    # the estimate's covariance is the sandwich with the pairs' modelled covariance.
+    cov = bread @ jac.T @ w @ c @ w @ jac @ bread
+    hat = np.eye(len(pairs)) - jac @ bread @ jac.T @ w
+    expected_chi2 = float(np.trace(w @ hat @ c @ hat.T))
     h = jac * speed  # range difference per metre: dimensionless
     gdop = float(np.sqrt(np.trace(np.linalg.inv(h.T @ h))))
-    return cov, gdop
+    return cov, gdop, expected_chi2
+
+
+def pair_covariance(pairs: Sequence[Tdoa]) -> np.ndarray:
+    """Covariance of pairwise TDOAs that share receivers.
+
+    Each pair's variance is split into per-receiver parts (s_a^2 + s_b^2, non-negative
+    least squares over all pairs); pairs sharing a receiver covary by +-its part. The
+    diagonal stays each pair's own variance.
+    """
+    names = _receivers(pairs)
+    index = {n: i for i, n in enumerate(names)}
+    sig2 = np.array([t.stderr_s**2 for t in pairs])
+    sign = np.zeros((len(pairs), len(names)))
+    for k, t in enumerate(pairs):
+        sign[k, index[t.a]] = 1.0
+        sign[k, index[t.b]] = -1.0
+    scale = float(sig2.max())
+    parts, _ = optimize.nnls(np.abs(sign), sig2 / scale)
+    c = (sign * parts * scale) @ sign.T
+    np.fill_diagonal(c, sig2)
+    return c
 
 
 def error_ellipse(cov_en: np.ndarray, chi2_level: float = CHI2_2D_95) -> tuple[float, float, float]:
