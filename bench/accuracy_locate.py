@@ -81,7 +81,7 @@ def synthesise(
 def locate_captures(captures: list[ReceiverSeries], emitter_alt: float):
     result = estimate_tdoas(captures)
     sites = [Site(c.name, c.latitude, c.longitude, c.altitude_m) for c in captures]
-    tdoas = [Tdoa(p.a, p.b, p.tdoa_s, p.stderr_s) for p in result.good_pairs]  # type: ignore[arg-type]
+    tdoas = [Tdoa(p.a, p.b, p.tdoa_s, p.stderr_s, p.segments_used - 1) for p in result.good_pairs]  # type: ignore[arg-type]
     return result, locate(sites, tdoas, emitter_altitude_m=emitter_alt)
 
 

@@ -118,7 +118,7 @@ def locate_series(
             "information; no position"
         )
         return outcome
-    tdoas = [Tdoa(p.a, p.b, float(p.tdoa_s), float(p.stderr_s)) for p in good]  # type: ignore[arg-type]
+    tdoas = [Tdoa(p.a, p.b, float(p.tdoa_s), float(p.stderr_s), p.segments_used - 1) for p in good]  # type: ignore[arg-type]
     try:
         outcome.position = solve_position(
             sites, tdoas, speed_m_s=speed_m_s, emitter_altitude_m=emitter_altitude_m
@@ -230,8 +230,16 @@ async def load_acquisition(
     return out
 
 
+# A real KiwiSDR's GPS time of a sample is good to roughly +-100 ns whatever its fit
+# residual says (receiver and antenna delays, firmware); kiwi-wav files come from them.
+KIWI_TIMING_FLOOR_S = 100e-9
+
+
 def load_kiwi_wav(
-    files: list[str], gnss_pos: str | None, positions: list[str] | None
+    files: list[str],
+    gnss_pos: str | None,
+    positions: list[str] | None,
+    timing_floor_s: float = KIWI_TIMING_FLOOR_S,
 ) -> tuple[list[ReceiverSeries], list[str]]:
     """Receivers from kiwirecorder files; files that cannot be used are named, not fatal."""
     from flows.ingest import parse_positions
@@ -252,6 +260,7 @@ def load_kiwi_wav(
                 problems.append(f"{f}: no GPS timing ({', '.join(tm.flags)}): left out")
                 continue
             sigma = (tm.residual_ns or 0.0) / max(tm.fixes, 1) ** 0.5 / NS_PER_S
+            sigma = max(sigma, timing_floor_s)
             out.append(
                 ReceiverSeries(
                     wav.station,

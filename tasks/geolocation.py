@@ -41,6 +41,7 @@ class Tdoa:
     b: str
     tdoa_s: float
     stderr_s: float
+    dof: int | None = None  # degrees of freedom of stderr_s (segments - 1), None: known
 
 
 @dataclass
@@ -63,6 +64,9 @@ class Position:
     # other positions that fit the TDOAs about as well (three receivers: two hyperbola
     # intersections), (lat, lon, chi2)
     alternatives: list[tuple[float, float, float]] = field(default_factory=list)
+    # the ellipse's Mahalanobis level: chi2(2) at 95 %, or 2 F(2, dof) at 95 % when the
+    # TDOA errors are themselves estimated from a few segments
+    ellipse_level: float = CHI2_2D_95
 
 
 @dataclass
@@ -169,7 +173,9 @@ def locate(
     if expected_chi2 > 0:
         # residuals larger than the pairs' errors explain: the errors were understated
         cov = cov * max(1.0, chi2 / expected_chi2)
-    major, minor, orient = error_ellipse(cov)
+    dofs = [t.dof for t in pairs if t.dof]
+    level = 2.0 * float(stats.f.ppf(0.95, 2, float(np.median(dofs)))) if dofs else CHI2_2D_95
+    major, minor, orient = error_ellipse(cov, level)
     rms = float(np.sqrt(np.mean(res**2))) * 1e9
     notes = [
         f"ambiguous: {la:.5f}, {lo:.5f} fits as well (chi2 {c:.1f} vs {chi2:.1f}); "
@@ -193,6 +199,7 @@ def locate(
         grid=grid,
         notes=notes,
         alternatives=alternatives,
+        ellipse_level=level,
     )
 
 
@@ -350,4 +357,4 @@ def inside_ellipse(position: Position, lat: float, lon: float) -> bool:
     """Whether (lat, lon) lies inside the 95 % ellipse of ``position``."""
     m_lat, m_lon = metres_per_degree(position.latitude)
     d = np.array([(lon - position.longitude) * m_lon, (lat - position.latitude) * m_lat])
-    return float(d @ np.linalg.inv(position.covariance_en_m2) @ d) <= CHI2_2D_95
+    return float(d @ np.linalg.inv(position.covariance_en_m2) @ d) <= position.ellipse_level
