@@ -325,8 +325,7 @@ def pair_covariance(pairs: Sequence[Tdoa]) -> np.ndarray:
     """Covariance of pairwise TDOAs that share receivers.
 
     Each pair's variance is split into per-receiver parts (s_a^2 + s_b^2, non-negative
-    least squares over all pairs); pairs sharing a receiver covary by +-its part. The
-    diagonal stays each pair's own variance.
+    least squares over all pairs); pairs sharing a receiver covary by +-its part.
     """
     names = _receivers(pairs)
     index = {n: i for i, n in enumerate(names)}
@@ -338,7 +337,9 @@ def pair_covariance(pairs: Sequence[Tdoa]) -> np.ndarray:
     scale = float(sig2.max())
     parts, _ = optimize.nnls(np.abs(sign), sig2 / scale)
     c = (sign * parts * scale) @ sign.T
-    np.fill_diagonal(c, sig2)
+    # what the per-receiver parts leave of each pair's own variance is the pair's own
+    # (positive semi-definite by construction)
+    c += np.diag(np.clip(sig2 - np.diag(c), 0.0, None))
     return c
 
 
