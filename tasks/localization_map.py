@@ -62,7 +62,8 @@ def map_png(
     for ax in (overview, zoom):
         ax.set_xlabel("longitude (deg)")
         ax.set_ylabel("latitude (deg)")
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     return buf.getvalue()

@@ -36,14 +36,14 @@ STATIONS = {
 START = datetime(2026, 11, 29, 4, 0, 0, tzinfo=UTC)
 
 
-def _lf_files(folder: Path, seconds: float = 30.0) -> list[Path]:
+def _lf_files(folder: Path, seconds: float = 30.0, modulation: str = "pm") -> list[Path]:
     rng = np.random.default_rng(11)
     emitter = Emitter(
         *TRANSMITTER,
         0.0,
         LF_HZ,
         eirp_dbm=40.0,
-        modulation="pm",
+        modulation=modulation,
         symbol_rate=645.0,
         phase_deviation_rad=DEV,
     )
@@ -136,6 +136,25 @@ def test_lf_kiwi_wav_real_data_shape_located_with_every_receiver(
     rows = locations_for(sqlite_engine(tmp_path / "rf_acquisition.db"))
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["source"] == "kiwi-wav"
     assert rows[0]["latitude"] == pytest.approx(loc["latitude"])
+
+
+def test_pure_carrier_kiwi_wav_cli_says_so_in_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _lf_files(tmp_path, seconds=6.0, modulation="carrier")
+    code = locate_flow.main(
+        [
+            *("--kiwi-wav", *map(str, files), "--gnss-pos", str(tmp_path / "gnss_pos")),
+            *("--database", "sqlite", "--data-dir", str(tmp_path), "--json"),
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert summary["location"] is None and summary["ok"] is False
+    assert "no time-difference information" in summary["error"]
+    rows = locations_for(sqlite_engine(tmp_path / "rf_acquisition.db"))
+    assert [r["status"] for r in rows] == ["failed"]
+    assert "no time-difference information" in rows[0]["error"]
 
 
 def test_pure_carrier_says_no_time_information(
@@ -246,3 +265,33 @@ def test_recordings_without_a_timing_model_are_refit_from_frame_times() -> None:
     assert series.sample_rate_hz == pytest.approx(float(rate), abs=1e-4)
     assert "refit_from_rfacq_timing" in series.flags
     assert (series.latitude, series.longitude, series.altitude_m) == (45.0, 7.5, 100.0)
+
+
+def test_seed_network_with_one_receiver_hearing_only_noise() -> None:
+    """2 s captures of the seed network (the bench's synthesis) with one receiver's
+    samples replaced by noise: its pairs are dropped with a reason and the other six
+    still give a position within 300 m."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "accuracy_locate.py"
+    spec = importlib.util.spec_from_file_location("accuracy_locate", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(21)
+    emitter = Emitter(44.95, 8.05, 300.0, 145_500_000.0, eirp_dbm=10.0, modulation="rrc-bpsk")
+    captures = bench.synthesise(emitter, 2.0, rng)
+    dead = captures[2]
+    dead.samples = (
+        1e-3
+        * (rng.standard_normal(dead.samples.size) + 1j * rng.standard_normal(dead.samples.size))
+    ).astype(np.complex64)
+    outcome = locate_flow.locate_series(
+        captures, emitter_altitude_m=300.0, truth=(emitter.latitude, emitter.longitude)
+    )
+    loc = outcome.location_json()
+    assert loc is not None, outcome.error
+    assert dead.name not in loc["receivers"] and loc["receivers_used"] == 6
+    assert loc["error_m"] < 300.0
+    dropped = [p for p in outcome.tdoa.pairs if dead.name in (p.a, p.b)]
+    assert dropped and all(p.reason for p in dropped)
