@@ -12,6 +12,7 @@ artifact) and a summary dict (``--json`` prints it as one JSON object on stdout)
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -449,11 +450,15 @@ def main(argv: list[str] | None = None) -> int:
         help="propagation speed m/s (LF ground wave: a little below c)",
     )
     p.add_argument("--emitter-altitude", dest="emitter_altitude_m", type=float, default=0.0)
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    with contextlib.suppress(argparse.ArgumentError):  # main's flows/cli.py has --json
+        p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = vars(p.parse_args(argv))
     as_json = args.pop("json")
     if as_json:
-        with contextlib.redirect_stdout(sys.stderr):
+        # stdout carries the JSON object and nothing else: the run writes to stderr
+        # (at the file-descriptor level when flows/cli.py offers it: subprocesses too)
+        fd_redirect = getattr(cli, "stdout_to_stderr", None)
+        with fd_redirect() if fd_redirect else contextlib.redirect_stdout(sys.stderr):
             state = cli.run_once(locate, **args)
     else:
         state = cli.run_once(locate, **args)
