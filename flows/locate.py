@@ -322,6 +322,13 @@ async def locate(
         series, speed_m_s=speed_m_s, emitter_altitude_m=emitter_altitude_m, truth=truth
     )
     outcome.notes.extend(problems)
+    if outcome.error and problems:
+        outcome.error += f"; left out: {'; '.join(problems)}"
+    if not outcome.frequency_hz and kiwi_wav:
+        from tasks.kiwiwav import KiwiWavError, parse_file_name
+
+        with contextlib.suppress(KiwiWavError):
+            outcome.frequency_hz = parse_file_name(kiwi_wav[0]).frequency_hz
     flow_run_id = _flow_run_id()
     start_ns = outcome.tdoa.window_start_ns if outcome.tdoa else None
     when = ns_to_datetime(start_ns) if start_ns else datetime.now(UTC)
