@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -295,3 +297,34 @@ def test_seed_network_with_one_receiver_hearing_only_noise() -> None:
     assert loc["error_m"] < 300.0
     dropped = [p for p in outcome.tdoa.pairs if dead.name in (p.a, p.b)]
     assert dropped and all(p.reason for p in dropped)
+
+
+@pytest.mark.integration
+def test_location_rows_on_timescaledb(pg_engine: Any) -> None:
+    """The locations hypertable takes a row and an update of it (upsert on id + time)."""
+    from tasks.locations import upsert_location
+
+    row = {
+        "time": datetime(2026, 11, 29, 4, 0, 0, tzinfo=UTC),
+        "acquisition_id": str(uuid.uuid4()),
+        "source": "acquisition",
+        "status": "ok",
+        "frequency_hz": 145.5e6,
+        "latitude": 44.95,
+        "longitude": 8.05,
+        "ellipse_major_m": 40.0,
+        "ellipse_minor_m": 20.0,
+        "ellipse_orientation_deg": 30.0,
+        "gdop": 1.2,
+        "receivers_used": 7,
+        "pairs_used": 21,
+        "receivers": json.dumps(["a", "b", "c"]),
+        "residual_rms_ns": 80.0,
+        "propagation_speed_m_s": 299_792_458.0,
+        "error_m": float("nan"),
+    }
+    location_id = upsert_location(pg_engine, row)
+    upsert_location(pg_engine, {**row, "id": location_id, "gdop": 1.5})
+    (back,) = locations_for(pg_engine, row["acquisition_id"])
+    assert back["id"] == location_id and back["gdop"] == 1.5
+    assert back["error_m"] is None and back["receivers_used"] == 7
