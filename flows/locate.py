@@ -373,7 +373,7 @@ async def locate(
     with contextlib.suppress(Exception):  # artifacts need a run context; plain runs skip
         await acreate_table_artifact(pair_rows, key="locate-pairs", description="TDOA pairs")
         await acreate_markdown_artifact(
-            _markdown(outcome, map_path), key="locate-summary", description="Position"
+            _markdown(outcome, map_path, png), key="locate-summary", description="Position"
         )
     message = _title(outcome)
     (logger.info if outcome.ok else logger.warning)("%s", message)
@@ -413,8 +413,11 @@ def _title(o: LocateOutcome) -> str:
     return text
 
 
-def _markdown(o: LocateOutcome, map_path: Path) -> str:
-    lines = [f"# Position\n\n{_title(o)}\n", f"![map]({map_path.as_uri()})\n"]
+def _markdown(o: LocateOutcome, map_path: Path, png: bytes) -> str:
+    import base64
+
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    lines = [f"# Position\n\n{_title(o)}\n", f"![map]({uri})\n", f"Map file: `{map_path}`\n"]
     lines.append("| pair | TDOA us | +- us | quality | dropped |\n|---|---|---|---|---|")
     for r in o.pair_rows():
         lines.append(

@@ -215,7 +215,7 @@ def test_simulated_network_psk_acquire_then_locate(prefect_server: None, tmp_pat
         )
     assert state.is_completed(), state.message
     acquisition_id = state.result()["acquisition_id"]
-    summary = asyncio.run(
+    located = asyncio.run(
         locate_flow.locate(
             acquisition_id=acquisition_id,
             storage="local",
@@ -224,8 +224,11 @@ def test_simulated_network_psk_acquire_then_locate(prefect_server: None, tmp_pat
             truth_latitude=emitter.latitude,
             truth_longitude=emitter.longitude,
             emitter_altitude_m=emitter.altitude_m,
+            return_state=True,
         )
     )
+    assert located.is_completed(), located.message
+    summary = located.result()
     loc = summary["location"]
     assert loc is not None, summary
     assert loc["error_m"] < 1_000.0, summary["pairs"]
@@ -233,6 +236,23 @@ def test_simulated_network_psk_acquire_then_locate(prefect_server: None, tmp_pat
     rows = locations_for(sqlite_engine(tmp_path / "rf_acquisition.db"), acquisition_id)
     assert len(rows) == 1 and rows[0]["status"] == "ok"
     assert rows[0]["error_m"] == pytest.approx(loc["error_m"])
+    assert rows[0]["flow_run_id"] == str(located.state_details.flow_run_id)
+    artifacts = asyncio.run(_artifacts(located.state_details.flow_run_id))
+    table = json.loads(artifacts["locate-pairs"].data)
+    assert len(table) == 21 and sum(r["dropped"] is None for r in table) >= 15
+    assert "data:image/png;base64," in artifacts["locate-summary"].data
+    assert Path(summary["map"]).read_bytes()[:4] == b"\x89PNG"
+
+
+async def _artifacts(flow_run_id: Any) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found if a.key}
 
 
 def test_recordings_without_a_timing_model_are_refit_from_frame_times() -> None:
