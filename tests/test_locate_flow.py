@@ -348,3 +348,16 @@ def test_location_rows_on_timescaledb(pg_engine: Any) -> None:
     (back,) = locations_for(pg_engine, row["acquisition_id"])
     assert back["id"] == location_id and back["gdop"] == 1.5
     assert back["error_m"] is None and back["receivers_used"] == 7
+
+
+def test_positions_given_on_the_command_line_win_over_gnss_pos(tmp_path: Path) -> None:
+    files = _lf_files(tmp_path, seconds=3.0)
+    series, problems = locate_flow.load_kiwi_wav(
+        [str(f) for f in files], str(tmp_path / "gnss_pos"), ["north=53.0,10.5"]
+    )
+    assert problems == []
+    by = {s.name: s for s in series}
+    assert (by["north"].latitude, by["north"].longitude) == (53.0, 10.5)
+    assert (by["south"].latitude, by["south"].longitude) == pytest.approx(STATIONS["south"][:2])
+    _, problems = locate_flow.load_kiwi_wav([str(f) for f in files], None, ["north=53.0,10.5"])
+    assert len(problems) == 2 and all("no position for station" in p for p in problems)
