@@ -1,0 +1,497 @@
+"""The ``locate`` flow: GPS-stamped recordings -> a transmitter position with a 95 % ellipse.
+
+Input is an acquisition (its recordings read back through the storage block) or
+kiwirecorder ``--kiwi-wav`` files with their station positions. Output: a ``locations``
+row, a pair-table artifact, a map PNG (next to the data and linked from a markdown
+artifact) and a summary dict (``--json`` prints it as one JSON object on stdout).
+
+    python -m flows.locate --acquisition ID [--json]
+    python -m flows.locate --kiwi-wav A.wav B.wav C.wav [--gnss-pos DIR]
+                           [--position NAME=LAT,LON ...] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.context import get_run_context
+
+from flows import cli
+from tasks.geolocation import GeolocationError, Position, Site, Tdoa, horizontal_distance_m
+from tasks.geolocation import locate as solve_position
+from tasks.kiwisdr.emitter import SPEED_OF_LIGHT
+from tasks.tdoa import ReceiverSeries, TdoaError, TdoaResult, estimate_tdoas
+from tasks.timing import (
+    NS_PER_S,
+    FrameStamp,
+    TimingError,
+    TimingModel,
+    datetime_to_ns,
+    fit_timing,
+    ns_to_datetime,
+)
+
+SECONDS_PER_WEEK = 7 * 24 * 3600
+
+__all__ = ["LocateOutcome", "locate", "locate_series", "main", "series_from_recording"]
+
+
+@dataclass
+class LocateOutcome:
+    """Everything one localization produced (plain data; the flow stores and reports it)."""
+
+    tdoa: TdoaResult | None
+    position: Position | None
+    error: str | None
+    sites: list[Site]
+    frequency_hz: float
+    speed_m_s: float
+    truth: tuple[float, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.position is not None
+
+    def location_json(self) -> dict[str, Any] | None:
+        p = self.position
+        if p is None:
+            return None
+        out: dict[str, Any] = {
+            "latitude": p.latitude,
+            "longitude": p.longitude,
+            "ellipse_major_m": p.ellipse_major_m,
+            "ellipse_minor_m": p.ellipse_minor_m,
+            "ellipse_orientation_deg": p.ellipse_orientation_deg,
+            "receivers_used": len(p.receivers_used),
+            "pairs_used": len(p.pairs_used),
+            "gdop": p.gdop,
+            "residual_rms_ns": p.residual_rms_ns,
+            "receivers": p.receivers_used,
+        }
+        if self.truth is not None:
+            out["error_m"] = horizontal_distance_m(*self.truth, p.latitude, p.longitude)
+        return out
+
+    def pair_rows(self) -> list[dict[str, Any]]:
+        rows = [pair.as_row() for pair in (self.tdoa.pairs if self.tdoa else [])]
+        if self.position is not None:
+            rejected = {f"{t.a}-{t.b}": why for t, why in self.position.pairs_rejected}
+            for r in rows:
+                r["residual_ns"] = self.position.residuals_ns.get(r["pair"])
+                if r["pair"] in rejected:
+                    r["dropped"] = rejected[r["pair"]]
+        return rows
+
+
+def locate_series(
+    series: list[ReceiverSeries],
+    *,
+    speed_m_s: float = SPEED_OF_LIGHT,
+    emitter_altitude_m: float = 0.0,
+    truth: tuple[float, float] | None = None,
+) -> LocateOutcome:
+    """TDOAs and position from receivers on their own time axes (no Prefect needed)."""
+    sites = [Site(s.name, s.latitude, s.longitude, s.altitude_m) for s in series]
+    freq = float(np.median([s.center_hz for s in series])) if series else 0.0
+    outcome = LocateOutcome(None, None, None, sites, freq, speed_m_s, truth)
+    try:
+        outcome.tdoa = estimate_tdoas(series, speed_m_s=speed_m_s)
+    except TdoaError as exc:
+        outcome.error = str(exc)
+        return outcome
+    good = outcome.tdoa.good_pairs
+    if outcome.tdoa.carrier_only:
+        outcome.error = (
+            "pure carrier: the signal is an unmodulated carrier, which has no time-difference "
+            "information; no position"
+        )
+        return outcome
+    tdoas = [Tdoa(p.a, p.b, float(p.tdoa_s), float(p.stderr_s), p.segments_used - 1) for p in good]  # type: ignore[arg-type]
+    try:
+        outcome.position = solve_position(
+            sites, tdoas, speed_m_s=speed_m_s, emitter_altitude_m=emitter_altitude_m
+        )
+    except GeolocationError as exc:
+        reasons = sorted({p.reason for p in outcome.tdoa.pairs if p.reason})
+        outcome.error = f"{exc}; pairs dropped: {'; '.join(reasons) or 'none'}"
+    return outcome
+
+
+def series_from_recording(samples: np.ndarray, meta: dict[str, Any]) -> ReceiverSeries:
+    """A receiver's input from a stored recording: its GPS timing model when present,
+    else core:datetime + core:sample_rate (flagged: host-clock timing is not TDOA-grade)."""
+    g = meta["global"]
+    capture = meta["captures"][0]
+    coords = (g.get("core:geolocation") or {}).get("coordinates")
+    if not coords:
+        raise ValueError(f"recording of {g.get('rfacq:receiver')!r} has no core:geolocation")
+    sigma = 0.0
+    start_ns = datetime_to_ns(
+        datetime.fromisoformat(capture["core:datetime"].replace("Z", "+00:00"))
+    )
+    rate = float(g["core:sample_rate"])
+    model = g.get("rfacq:timing_model")
+    tm = TimingModel.from_dict(model) if model else _fit_frame_timing(g, start_ns, rate)
+    if tm is not None:
+        t0, rate, flags = tm.t0_ns, tm.sample_rate_hz, tuple(tm.flags)
+        if not model:
+            flags = ("refit_from_rfacq_timing", *flags)
+        if tm.residual_ns:
+            sigma = tm.residual_ns / max(tm.fixes, 1) ** 0.5 / NS_PER_S
+    else:
+        t0, flags = start_ns, ("host_clock", "no_timing_model")
+    return ReceiverSeries(
+        name=str(g.get("rfacq:receiver")),
+        latitude=float(coords[1]),
+        longitude=float(coords[0]),
+        altitude_m=float(coords[2]) if len(coords) > 2 else 0.0,
+        samples=samples,
+        t0_ns=t0,
+        sample_rate_hz=rate,
+        center_hz=float(capture["core:frequency"]),
+        timing_sigma_s=sigma,
+        flags=tuple(flags),
+    )
+
+
+def _fit_frame_timing(g: dict[str, Any], start_ns: int, rate: float) -> TimingModel | None:
+    """Refit the timing of a recording made before ``rfacq:timing_model`` existed, from its
+    per-frame GPS times (``rfacq:timing``: offsets from the first stamped frame)."""
+    timing = g.get("rfacq:timing") or {}
+    starts = timing.get("frame_sample_start") or []
+    offsets = timing.get("frame_gps_offset_s") or []
+    first = timing.get("first_frame_gps_seconds_of_week")
+    if first is None or len(starts) < 3 or len(starts) != len(offsets) or offsets[0] != 0:
+        return None
+    first_ns = round(float(first) * NS_PER_S)
+    stamps = []
+    for index, offset in zip(starts, offsets, strict=True):
+        gps_ns = first_ns + round(float(offset) * NS_PER_S)
+        sec, nsec = divmod(gps_ns, NS_PER_S)
+        stamps.append(FrameStamp(int(index), int(sec) % SECONDS_PER_WEEK, int(nsec), 0))
+    try:
+        return fit_timing(stamps, nominal_rate_hz=rate, host_ref_ns=start_ns, host_fallback=False)
+    except (TimingError, ValueError):
+        return None
+
+
+@task
+async def load_acquisition(
+    acquisition_id: str, storage: str, database: str, data_dir: Path
+) -> list[ReceiverSeries]:
+    """Every complete recording of the acquisition, through the configured storage."""
+    from sqlalchemy import select
+
+    from blocks.resolve import resolve_database, resolve_storage
+    from tasks.records import Acquisition, ensure_schema
+    from tasks.storage import list_recordings, load_recording
+
+    logger = get_run_logger()
+    fs = (await resolve_storage(storage, data_dir)).block
+    engine = (await resolve_database(database, data_dir)).engine
+    ensure_schema(engine)
+    with engine.connect() as conn:
+        start = conn.execute(
+            select(Acquisition.start_at).where(Acquisition.id == uuid.UUID(acquisition_id))
+        ).scalar()
+    days: list[date] = []
+    if start is not None:
+        days = [start.astimezone(UTC).date()]
+    else:
+        today = datetime.now(UTC).date()
+        days = [today - timedelta(days=k) for k in range(8)]
+    for day in days:
+        listed = [r for r in await list_recordings(fs, acquisition_id, day) if r.complete]
+        if listed:
+            break
+    else:
+        raise ValueError(f"acquisition_id={acquisition_id!r}: no stored recordings found")
+    out = []
+    for rec in listed:
+        samples, meta = await load_recording(fs, rec.data_key)
+        series = series_from_recording(samples, meta)
+        if "host_clock" in series.flags:
+            logger.warning("%s: no GPS timing (%s): left out", rec.receiver, series.flags)
+            continue
+        out.append(series)
+        logger.info("loaded %s (%d samples, %s)", rec.receiver, samples.size, series.flags)
+    return out
+
+
+# A real KiwiSDR's GPS time of a sample is good to roughly +-100 ns whatever its fit
+# residual says (receiver and antenna delays, firmware); kiwi-wav files come from them.
+KIWI_TIMING_FLOOR_S = 100e-9
+
+
+def load_kiwi_wav(
+    files: list[str],
+    gnss_pos: str | None,
+    positions: list[str] | None,
+    timing_floor_s: float = KIWI_TIMING_FLOOR_S,
+) -> tuple[list[ReceiverSeries], list[str]]:
+    """Receivers from kiwirecorder files; files that cannot be used are named, not fatal."""
+    from flows.ingest import parse_positions
+    from tasks.kiwiwav import KiwiWavError, find_station_position, read_kiwi_wav
+
+    given = parse_positions(positions)
+    out, problems = [], []
+    for f in files:
+        try:
+            wav = read_kiwi_wav(f)
+            pos = given.get(wav.station)
+            if pos is None:
+                if gnss_pos is None:
+                    raise KiwiWavError(f, f"no position for station {wav.station!r}")
+                pos = find_station_position(gnss_pos, wav.station)
+            tm = wav.timing
+            if not tm.gps:
+                problems.append(f"{f}: no GPS timing ({', '.join(tm.flags)}): left out")
+                continue
+            sigma = (tm.residual_ns or 0.0) / max(tm.fixes, 1) ** 0.5 / NS_PER_S
+            sigma = max(sigma, timing_floor_s)
+            out.append(
+                ReceiverSeries(
+                    wav.station,
+                    pos.latitude,
+                    pos.longitude,
+                    0.0,
+                    wav.samples,
+                    tm.t0_ns,
+                    tm.sample_rate_hz,
+                    wav.frequency_hz,
+                    timing_sigma_s=sigma,
+                    flags=tm.flags,
+                )
+            )
+        except (KiwiWavError, ValueError) as exc:
+            problems.append(str(exc))
+    return out, problems
+
+
+@flow(name="locate", log_prints=False)
+async def locate(
+    acquisition_id: str | None = None,
+    kiwi_wav: list[str] | None = None,
+    gnss_pos: str | None = None,
+    positions: list[str] | None = None,
+    storage: str = "auto",
+    database: str = "auto",
+    data_dir: str | None = None,
+    speed_m_s: float = SPEED_OF_LIGHT,
+    emitter_altitude_m: float = 0.0,
+    truth_latitude: float | None = None,
+    truth_longitude: float | None = None,
+) -> dict[str, Any]:
+    """Locate the transmitter heard in an acquisition or in kiwirecorder files."""
+    from blocks.resolve import default_data_dir, resolve_database
+    from tasks.localization_map import map_png
+    from tasks.locations import upsert_location
+
+    logger = get_run_logger()
+    if (acquisition_id is None) == (not kiwi_wav):
+        raise ValueError("give exactly one of acquisition_id or kiwi_wav")
+    folder = Path(data_dir) if data_dir else default_data_dir()
+    problems: list[str] = []
+    if acquisition_id is not None:
+        series = await load_acquisition(acquisition_id, storage, database, folder)
+        source = "acquisition"
+    else:
+        series, problems = load_kiwi_wav(list(kiwi_wav or []), gnss_pos, positions)
+        source = "kiwi-wav"
+    for p in problems:
+        logger.warning("%s", p)
+    truth = (
+        (truth_latitude, truth_longitude)
+        if truth_latitude is not None and truth_longitude is not None
+        else None
+    )
+    outcome = locate_series(
+        series, speed_m_s=speed_m_s, emitter_altitude_m=emitter_altitude_m, truth=truth
+    )
+    outcome.notes.extend(problems)
+    if outcome.error and problems:
+        outcome.error += f"; left out: {'; '.join(problems)}"
+    if not outcome.frequency_hz and kiwi_wav:
+        from tasks.kiwiwav import KiwiWavError, parse_file_name
+
+        with contextlib.suppress(KiwiWavError):
+            outcome.frequency_hz = parse_file_name(kiwi_wav[0]).frequency_hz
+    flow_run_id = _flow_run_id()
+    start_ns = outcome.tdoa.window_start_ns if outcome.tdoa else None
+    when = ns_to_datetime(start_ns) if start_ns else datetime.now(UTC)
+    loc = outcome.location_json()
+    row: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "time": when,
+        "acquisition_id": acquisition_id,
+        "source": source,
+        "status": "ok" if outcome.ok else "failed",
+        "error": outcome.error,
+        "frequency_hz": outcome.frequency_hz or 1.0,
+        "receivers_used": loc["receivers_used"] if loc else 0,
+        "pairs_used": loc["pairs_used"] if loc else 0,
+        "receivers": json.dumps(loc["receivers"] if loc else []),
+        "propagation_speed_m_s": speed_m_s,
+        "flow_run_id": flow_run_id,
+    }
+    if loc:
+        for k in (
+            "latitude",
+            "longitude",
+            "ellipse_major_m",
+            "ellipse_minor_m",
+            "ellipse_orientation_deg",
+            "gdop",
+            "residual_rms_ns",
+            "error_m",
+        ):
+            if k in loc:
+                row[k] = loc[k]
+    if truth:
+        row["truth_latitude"], row["truth_longitude"] = truth
+    engine = (await resolve_database(database, folder)).engine
+    location_id = upsert_location(engine, row)
+
+    png = map_png(outcome.sites, outcome.position, truth=truth, title=_title(outcome))
+    map_path = folder / "locations" / f"{location_id}.png"
+    map_path.parent.mkdir(parents=True, exist_ok=True)
+    map_path.write_bytes(png)
+    pair_rows = outcome.pair_rows()
+    with contextlib.suppress(Exception):  # artifacts need a run context; plain runs skip
+        await acreate_table_artifact(pair_rows, key="locate-pairs", description="TDOA pairs")
+        await acreate_markdown_artifact(
+            _markdown(outcome, map_path, png), key="locate-summary", description="Position"
+        )
+    message = _title(outcome)
+    (logger.info if outcome.ok else logger.warning)("%s", message)
+    summary: dict[str, Any] = {
+        "message": message,
+        "ok": outcome.ok,
+        "location_id": location_id,
+        "source": source,
+        "acquisition_id": acquisition_id,
+        "error": outcome.error,
+        "location": loc,
+        "pairs": pair_rows,
+        "map": str(map_path),
+        "window_start_utc": when.isoformat(),
+        "notes": outcome.notes,
+    }
+    return summary
+
+
+def _flow_run_id() -> str | None:
+    with contextlib.suppress(Exception):
+        return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    return None
+
+
+def _title(o: LocateOutcome) -> str:
+    if o.position is None:
+        return f"no position: {o.error}"
+    p = o.position
+    text = (
+        f"{p.latitude:.5f}, {p.longitude:.5f} +- {p.ellipse_major_m:.0f} x "
+        f"{p.ellipse_minor_m:.0f} m (95 %), {len(p.receivers_used)} receivers, "
+        f"{len(p.pairs_used)} pairs"
+    )
+    if o.truth is not None:
+        text += f"; truth {horizontal_distance_m(*o.truth, p.latitude, p.longitude):.0f} m away"
+    return text
+
+
+def _markdown(o: LocateOutcome, map_path: Path, png: bytes) -> str:
+    import base64
+
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    lines = [f"# Position\n\n{_title(o)}\n", f"![map]({uri})\n", f"Map file: `{map_path}`\n"]
+    lines.append("| pair | TDOA us | +- us | quality | dropped |\n|---|---|---|---|---|")
+    for r in o.pair_rows():
+        lines.append(
+            f"| {r['pair']} | {r['tdoa_us']} | {r['stderr_us']} | {r['quality']} | "
+            f"{r['dropped'] or ''} |"
+        )
+    return "\n".join(lines)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; exit 0 when a position was found."""
+    p = cli.parser("flows.locate", __doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--acquisition", dest="acquisition_id", metavar="ID")
+    src.add_argument("--kiwi-wav", nargs="+", metavar="FILE")
+    p.add_argument("--gnss-pos", default=None, metavar="DIR", help="folder of <station>.txt")
+    p.add_argument(
+        "--position",
+        action="append",
+        dest="positions",
+        default=None,
+        metavar="NAME=LAT,LON",
+        help="a station's position (repeatable; wins over --gnss-pos)",
+    )
+    p.add_argument(
+        "--speed",
+        dest="speed_m_s",
+        type=float,
+        default=SPEED_OF_LIGHT,
+        help="propagation speed m/s (LF ground wave: a little below c)",
+    )
+    p.add_argument("--emitter-altitude", dest="emitter_altitude_m", type=float, default=0.0)
+    with contextlib.suppress(argparse.ArgumentError):  # main's flows/cli.py has --json
+        p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    args = vars(p.parse_args(argv))
+    as_json = args.pop("json")
+    if as_json:
+        # stdout carries the JSON object and nothing else: the run writes to stderr
+        # (at the file-descriptor level when flows/cli.py offers it: subprocesses too)
+        fd_redirect = getattr(cli, "stdout_to_stderr", None)
+        with fd_redirect() if fd_redirect else contextlib.redirect_stdout(sys.stderr):
+            state = cli.run_once(locate, **args)
+    else:
+        state = cli.run_once(locate, **args)
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, dict):
+        error = {"message": f"locate failed: {state.message or result}", "ok": False}
+        if as_json:
+            print(json.dumps(error))
+        else:
+            print(error["message"], file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(_finite(result), default=str, allow_nan=False))
+    else:
+        for r in result["pairs"]:
+            print(
+                f"{r['pair']:40s} {r['tdoa_us']!s:>12} us +- {r['stderr_us']!s:>8} "
+                f"{r['dropped'] or ''}"
+            )
+        print(result["message"])
+        print(f"map: {result['map']}")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
