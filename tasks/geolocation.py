@@ -248,10 +248,15 @@ def _fit(xyz, pairs, speed, alt, grid: Grid, by_name) -> tuple[Any, ...]:
         pred = _model(np.array(x[0]), np.array(x[1]), alt, xyz, pairs, speed)
         return (pred - meas) / sig
 
-    starts = _grid_minima(grid, 6)
-    best = None
+    lat_span = (grid.latitudes[0], grid.latitudes[-1])
+    lon_span = (grid.longitudes[0], grid.longitudes[-1])
+
+    def in_area(la: float, lo: float) -> bool:
+        lo = (lo + 180.0) % 360.0 - 180.0
+        return bool(lat_span[0] <= la <= lat_span[1] and lon_span[0] <= lo <= lon_span[1])
+
     found = []
-    for la, lo in starts:
+    for la, lo in _grid_minima(grid, 6):
         sol = optimize.least_squares(
             residuals,
             x0=[la, lo],
@@ -260,22 +265,20 @@ def _fit(xyz, pairs, speed, alt, grid: Grid, by_name) -> tuple[Any, ...]:
             xtol=1e-12,
             ftol=1e-12,
         )
-        cost = float(np.sum(sol.fun**2))
-        found.append((float(sol.x[0]), float(sol.x[1]), cost))
-        if best is None or cost < best[1]:
-            best = (sol, cost)
-    assert best is not None
-    sol, cost = best
+        found.append((sol, float(np.sum(sol.fun**2))))
+    # Hyperbolae on a sphere meet twice: with three receivers the far-side mirror fits as
+    # exactly as the true point, and an unbounded fit from a grid start can slide there.
+    # A solution inside the searched area always wins over one outside it.
+    inside = [f for f in found if in_area(float(f[0].x[0]), float(f[0].x[1]))]
+    sol, cost = min(inside or found, key=lambda f: f[1])
     lat, lon = float(sol.x[0]), float(sol.x[1])
     res = sol.fun * sig
-    alternatives = []
-    lat_span = (grid.latitudes[0], grid.latitudes[-1])
-    lon_span = (grid.longitudes[0], grid.longitudes[-1])
-    for la, lo, c in found:
-        in_area = lat_span[0] <= la <= lat_span[1] and lon_span[0] <= lo <= lon_span[1]
+    alternatives: list[tuple[float, float, float]] = []
+    for other, c in found:
+        la, lo = float(other.x[0]), float(other.x[1])
         fits = c <= cost + max(4.0, 0.5 * cost)
         new = all(horizontal_distance_m(la, lo, a, b) > 1_000.0 for a, b, _ in alternatives)
-        if in_area and fits and new and horizontal_distance_m(lat, lon, la, lo) > 1_000.0:
+        if in_area(la, lo) and fits and new and horizontal_distance_m(lat, lon, la, lo) > 1_000.0:
             alternatives.append((la, lo, c))
     return lat, (lon + 180.0) % 360.0 - 180.0, res, cost, alternatives
 

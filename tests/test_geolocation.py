@@ -128,3 +128,21 @@ def test_ellipse_orientation_is_clockwise_from_north() -> None:
     assert minor == pytest.approx(10.0 * np.sqrt(-2 * np.log(0.05)))
     _, _, orient = error_ellipse(np.array([[50.0, 49.0], [49.0, 50.0]]))  # north-east
     assert orient == pytest.approx(45.0)
+
+
+def test_three_distant_receivers_never_slide_to_the_far_side_mirror() -> None:
+    """Three receivers 300-800 km apart: the hyperbolae also meet on the far side of the
+    Earth, exactly as well. The answer is the one inside the searched area whatever
+    order the receivers and pairs come in (a real order once gave the antipode)."""
+    import itertools
+
+    lf = [
+        Site("PA3ABC", 52.2215, 6.8937, 0.0),
+        Site("F5XYZ", 47.3220, 5.0415, 0.0),
+        Site("OE3KLU", 48.2082, 16.3738, 0.0),
+    ]
+    t = arrivals(lf, 50.0156, 9.0108)
+    for order in itertools.permutations(lf):
+        sites = list(order)
+        pos = locate(sites, all_pairs(sites, t, 300e-9))
+        assert horizontal_distance_m(50.0156, 9.0108, pos.latitude, pos.longitude) < 10.0, order
