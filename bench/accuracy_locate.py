@@ -31,7 +31,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blocks.receiver import simulated_network
 from tasks.geolocation import (
     GeolocationError,
     Site,
@@ -41,6 +40,7 @@ from tasks.geolocation import (
     locate,
 )
 from tasks.kiwisdr.emitter import Emitter, path_truth, received_signal
+from tasks.kiwisdr.network import simulated_network
 from tasks.tdoa import ReceiverSeries, estimate_tdoas
 
 FREQUENCY_HZ = 145_500_000.0

@@ -170,8 +170,11 @@ def locate(
         grid = _grid(by_name, xyz, pairs, speed_m_s, emitter_altitude_m, grid_points, margin_m)
     receivers = _receivers(pairs)
     cov, gdop, expected_chi2 = _covariance(lat, lon, xyz, pairs, speed_m_s, emitter_altitude_m)
-    if expected_chi2 > 0:
-        # residuals larger than the pairs' errors explain: the errors were understated
+    if len(receivers) > 3 and expected_chi2 > 0:
+        # residuals larger than the pairs' errors explain: the errors were understated.
+        # With three receivers the pairs hold only two independent differences, which a
+        # 2-D position fits exactly: the residuals carry no information about the errors
+        # (their expected chi2 is ~0), so nothing is rescaled.
         cov = cov * max(1.0, chi2 / expected_chi2)
     dofs = [t.dof for t in pairs if t.dof]
     level = 2.0 * float(stats.f.ppf(0.95, 2, float(np.median(dofs)))) if dofs else CHI2_2D_95

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from itertools import combinations
 
 import numpy as np
@@ -330,6 +331,26 @@ def _refine(cross: np.ndarray, omega: np.ndarray, tau0: float, step: float) -> f
     return tau
 
 
+def to_common_rate(receivers: Sequence[ReceiverSeries]) -> list[ReceiverSeries]:
+    """Receivers whose rate differs from the slowest by more than 0.5 % resampled to it.
+
+    KiwiSDR firmware with 3 channels samples IQ at ~20250 Hz, the others at ~12000 Hz:
+    the per-segment alignment below corrects ppm-sized rate differences only. A polyphase
+    resampler by a small rational factor keeps sample 0 at the same instant (so ``t0_ns``
+    holds) and scales the fitted rate exactly, so the receiver's own clock error survives.
+    """
+    slowest = min(r.sample_rate_hz for r in receivers)
+    out = []
+    for r in receivers:
+        ratio = Fraction(slowest / r.sample_rate_hz).limit_denominator(64)
+        if abs(float(ratio) - 1.0) < 5e-3:
+            out.append(r)
+            continue
+        y = ssignal.resample_poly(r.samples, ratio.numerator, ratio.denominator)
+        out.append(replace(r, samples=y, sample_rate_hz=r.sample_rate_hz * float(ratio)))
+    return out
+
+
 def estimate_tdoas(
     receivers: Sequence[ReceiverSeries],
     *,
@@ -354,6 +375,7 @@ def estimate_tdoas(
     names = [r.name for r in receivers]
     if len(set(names)) != len(names):
         raise TdoaError(f"receiver names must be unique, got {names}")
+    receivers = to_common_rate(receivers)
     start, end = common_window(receivers)
     window_s = (end - start) / NS_PER_S
     if window_s < min_window_s:

@@ -146,3 +146,20 @@ def test_three_distant_receivers_never_slide_to_the_far_side_mirror() -> None:
         sites = list(order)
         pos = locate(sites, all_pairs(sites, t, 300e-9))
         assert horizontal_distance_m(50.0156, 9.0108, pos.latitude, pos.longitude) < 10.0, order
+
+
+def test_three_receivers_get_an_ellipse_from_their_errors_not_from_zero_residuals() -> None:
+    """Two independent differences fit a 2-D position exactly (residuals ~0, and so is
+    their expected chi2): the ellipse comes from the pairs' errors, never from 0/0."""
+    lf = [
+        Site("PA3ABC", 52.2215, 6.8937, 0.0),
+        Site("F5XYZ", 47.3220, 5.0415, 0.0),
+        Site("OE3KLU", 48.2082, 16.3738, 0.0),
+    ]
+    t = arrivals(lf, 50.0156, 9.0108)
+    pairs = all_pairs(lf, t, 1e-6)
+    pairs[0] = Tdoa(pairs[0].a, pairs[0].b, pairs[0].tdoa_s + 1.5e-6, 1e-6)
+    pos = locate(lf, pairs)
+    # 1 us on 300-800 km baselines: a few hundred metres to a few km, never thousands of km
+    assert 100.0 < pos.ellipse_major_m < 20_000.0
+    assert horizontal_distance_m(50.0156, 9.0108, pos.latitude, pos.longitude) < 5_000.0

@@ -189,8 +189,9 @@ def test_pure_carrier_says_no_time_information(
 @pytest.mark.flow
 def test_simulated_network_psk_acquire_then_locate(prefect_server: None, tmp_path: Path) -> None:
     """Websocket capture from the simulator (RRC BPSK emitter) -> recordings -> locate."""
-    from blocks.receiver import bind_urls, receiver_name, simulated_network
+    from blocks.receiver import receiver_name
     from flows.acquisition import acquire
+    from tasks.kiwisdr.network import bind_urls, simulated_network
     from tasks.kiwisdr.simulator import SimulatedNetwork
 
     frequency = 145_500_000.0

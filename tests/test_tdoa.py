@@ -130,3 +130,14 @@ def test_no_common_window_is_an_error() -> None:
     b = series("b", 45.3, 8.4, PSK, 0.0, seconds=1.0, start_ns=5 * NS)
     with pytest.raises(TdoaError, match="common GPS window"):
         estimate_tdoas([a, b])
+
+
+def test_a_three_channel_kiwisdr_at_20250_hz_pairs_with_12_khz_ones() -> None:
+    """KiwiSDRs with 3-channel firmware sample IQ at ~20250 Hz: resampled to the common
+    rate, sample 0 keeps its instant and the pair's lag is right to within 50 ns."""
+    kw = {"noise": 0.01, "cfo_hz": 5.0}
+    a = series("a", 45.0, 7.5, PSK, 1.234567e-4, rate=12001.03, start_ns=123_457, **kw)
+    b = series("b", 45.3, 8.4, PSK, 3.456789e-5, rate=20250.07, start_ns=3_000_789, seed=1, **kw)
+    (pair,) = estimate_tdoas([a, b]).pairs
+    assert pair.ok, pair.reason
+    assert pair.tdoa_s == pytest.approx(1.234567e-4 - 3.456789e-5, abs=50e-9)
