@@ -11,9 +11,10 @@ What a measurement claims, and why:
   false-alarm rate of :data:`DETECTION_PFA` per capture (chi-square thresholds from the
   Welch bins' equivalent degrees of freedom). Otherwise ``detected`` is False, the reason
   says so, and every signal field is None: an empty channel has no C/N0.
-* **Noise floor from the quiet bins.** The floor is the mean of the passband bins that no
-  signal test flags (iterated from a low quantile, corrected for the truncation), so a
-  modulated signal filling most of the passband does not lift it (``noise_method``).
+* **Noise floor from the quiet bins.** The floor is the median of the passband bins that
+  no signal test flags (iterated from a low quantile; median/mean of the bins' chi-square
+  law corrected), so a modulated signal filling most of the passband does not lift it and
+  a receiver's filter skirts do not pull it down (``noise_method``).
 * **Signal power over the signal only**: the PSD above the floor integrated over the
   detected signal's bins (which may reach a few bins past the passband edge, so a carrier
   at the edge keeps its window lobe); ``occupied_bandwidth_hz`` holds 99 % of it.
@@ -85,6 +86,10 @@ _DETECTION_SCALES = (1, 8, 64, 256)
 # Per-window probability above which a window is counted as signal when the noise floor
 # is estimated (looser than detection: better to drop a noise bin than keep signal).
 _MASK_P = 1e-4
+# A real receiver's noise is not flat: filter ripple and skirts move it by a few percent
+# across the passband. Runs of bins must exceed the floor by this much more than chance
+# allows, or an empty channel would read as a wideband "signal".
+_RIPPLE = 0.03
 _FLOOR_ITERATIONS = 4
 # Bins beyond the passband edge a detected signal may extend into (a carrier at the edge
 # keeps its Hann main lobe, +-2 bins).
@@ -347,12 +352,6 @@ def _threshold(nu: float, p: float) -> float:
 
 
 @lru_cache(maxsize=64)
-def _truncated_mean(nu: float, t: float) -> float:
-    """Mean of chi-square(nu)/nu given it is below t: E[X; X<t] = F_{nu+2}(t nu)."""
-    return float(scipy.stats.chi2.cdf(t * nu, nu + 2.0) / scipy.stats.chi2.cdf(t * nu, nu))
-
-
-@lru_cache(maxsize=64)
 def _quantile_to_mean(nu: float, q: float) -> float:
     return float(scipy.stats.chi2.ppf(q, nu) / nu)
 
@@ -509,7 +508,8 @@ def _flagged(
     for w, p in sorted(p_of.items()):
         nu_w = _run_dof(nu, w)
         nu_eff = 1.0 / (1.0 / nu_w + 1.0 / nu_floor)
-        hot = _run_mean(work, w) > floor * _threshold(round(nu_eff, 1), p)
+        margin = 1.0 if w == 1 else 1.0 + _RIPPLE
+        hot = _run_mean(work, w) > floor * margin * _threshold(round(nu_eff, 1), p)
         if hot.any():
             fired.append(w)
             new = np.convolve(hot.astype(np.int8), np.ones(w, dtype=np.int8), "full") > 0
@@ -560,7 +560,6 @@ def _spectral_model(
     floor = float(np.quantile(d[pool], 0.1)) / _quantile_to_mean(round(nu, 1), 0.1)
     method = "low-quantile"
     quiet_count = count
-    t_bin = _threshold(round(nu, 1), _MASK_P)
     flagged = np.zeros(m, dtype=bool)
     for _ in range(_FLOOR_ITERATIONS):
         if not floor > 0.0:
@@ -574,7 +573,9 @@ def _spectral_model(
             method = "low-quantile"  # the signal fills the passband: no quiet part left
             quiet_count = count
             break
-        floor = float(d[quiet].mean()) / _truncated_mean(round(nu, 1), t_bin)
+        # The median, not the mean: robust to a receiver's filter skirts at the passband
+        # edges and to a signal's roll-off left among the quiet bins.
+        floor = float(np.median(d[quiet])) / _quantile_to_mean(round(nu, 1), 0.5)
         method = "quiet-bins"
 
     empty = np.zeros(m, dtype=bool)
