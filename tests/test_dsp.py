@@ -654,3 +654,15 @@ def test_receiver_filter_skirts_are_not_a_signal() -> None:
         false += m.detected
         assert abs(m.noise_floor_dbfs_hz - db(2.0 / FS)) < 0.3
     assert false <= 2  # issue 12: <= 1 % on noise only (measured ~0.5 % with skirts)
+
+
+def test_gap_welch_equals_scipy_welch_when_every_segment_is_kept() -> None:
+    # the gap path averages scipy.signal.spectrogram's periodograms; with all segments kept
+    # it must be scipy.signal.welch
+    rng = np.random.default_rng(410)
+    x = (rng.standard_normal(20000) + 1j * rng.standard_normal(20000)).astype(np.complex64)
+    keep = np.ones(dsp._segment_count(x.size, 1024), dtype=bool)
+    f1, d1 = dsp._welch(x, FS, 1024)
+    f2, d2 = dsp._welch(x, FS, 1024, keep)
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_allclose(d1, d2, rtol=1e-6)
