@@ -601,6 +601,11 @@ def _spectral_model(
     ids = np.unique(labels[hits])
     signal = np.isin(labels, ids[ids > 0])
     reason = f"detected: PSD runs of {'/'.join(map(str, fired))} bins above the noise floor"
+    if method == "low-quantile":
+        reason = (
+            "signal fills the passband (no quiet bins): noise floor an upper bound, C/N0 and "
+            "SNR lower bounds; " + reason
+        )
     return _SpectralModel(
         floor, method, signal, line_threshold, reason + f" (Pfa {DETECTION_PFA:g})"
     )

@@ -666,3 +666,14 @@ def test_gap_welch_equals_scipy_welch_when_every_segment_is_kept() -> None:
     f2, d2 = dsp._welch(x, FS, 1024, keep)
     np.testing.assert_array_equal(f1, f2)
     np.testing.assert_allclose(d1, d2, rtol=1e-6)
+
+
+def test_signal_filling_the_passband_is_flagged_as_a_bound() -> None:
+    # rectangular-pulse BPSK: its sinc^2 sidelobes cover the passband, no bin is quiet
+    rng = np.random.default_rng(411)
+    n = round(2 * FS)
+    symbols = rng.choice([-1.0, 1.0], n // 5 + 1).repeat(5)[:n]
+    m = measure(at_cn0(rng, symbols.astype(complex), 90.0), FS)
+    assert m.detected and m.noise_method == "low-quantile"
+    assert "upper bound" in m.detection_reason
+    assert m.cn0_dbhz < 90.0  # a lower bound, never above the truth
