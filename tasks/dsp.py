@@ -215,14 +215,15 @@ def _as_capture(samples: np.ndarray, minimum: int) -> np.ndarray:
             f"samples: {arr.size} samples are too few for the PSD; need at least {minimum}"
         )
     x = np.ascontiguousarray(arr, dtype=np.complex64)
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
+    parts = x.view(np.float32)
+    top, bottom = float(parts.max()), float(parts.min())  # NaN and Inf show up here
+    if not (math.isfinite(top) and math.isfinite(bottom)):
+        bad = np.flatnonzero(~np.isfinite(x))
         raise ProcessingError(
             f"samples: {bad.size} non-finite (NaN/Inf) values, first at index {bad[0]}; "
             "all samples must be finite (write lost frames as zeros)"
         )
-    biggest = float(np.abs(x.view(np.float32)).max())
+    biggest = max(top, -bottom)
     if biggest > MAX_ABS_SAMPLE:
         raise ProcessingError(
             f"samples: a component of magnitude {biggest:.3g} is beyond the allowed "
@@ -621,11 +622,14 @@ def _db(power: float) -> float:
 def _clipped_fraction(x: np.ndarray, lost: np.ndarray | None, received: int) -> float:
     """Fraction of received samples with a component at the capture's largest magnitude,
     when enough share it to be a clip level rather than one peak."""
-    parts = np.abs(x.view(np.float32))
-    peak = float(parts.max())
+    parts = x.view(np.float32)
+    peak = max(float(parts.max()), -float(parts.min()))
     if peak == 0.0:
         return 0.0
-    at_peak = (parts == peak).reshape(-1, 2).any(axis=1)
+    components = int(np.count_nonzero(parts == peak)) + int(np.count_nonzero(parts == -peak))
+    if components < max(_MIN_CLIPPED_SAMPLES, 1e-3 * received):
+        return 0.0  # the usual case, decided without a per-sample pass
+    at_peak = (np.abs(parts) == peak).reshape(-1, 2).any(axis=1)
     if lost is not None:
         at_peak &= ~lost
     count = int(np.count_nonzero(at_peak))
