@@ -1,15 +1,34 @@
-"""Calibrated measurements of one IQ capture.
+"""Calibrated measurements of one IQ capture, honest about what it holds.
 
 Samples are complex64 with full scale 1.0 (int16 / 32768), so every power here is in dBFS
 and every density in dBFS/Hz. The caller passes the receiver's *true* sample rate (GPS
-disciplined, e.g. 12001.135 Hz): densities, C/N0 and the carrier offset all scale with it,
-and using the nominal 12 kHz would bias them.
+disciplined, e.g. 12001.135 Hz): densities, C/N0 and the carrier offset all scale with it.
+
+What a measurement claims, and why:
+
+* **Detection first.** A signal is reported only when some PSD bin, or the mean of some
+  run of 8/64/256 bins, stands above the noise floor by more than chance allows at a
+  false-alarm rate of :data:`DETECTION_PFA` per capture (chi-square thresholds from the
+  Welch bins' equivalent degrees of freedom). Otherwise ``detected`` is False, the reason
+  says so, and every signal field is None: an empty channel has no C/N0.
+* **Noise floor from the quiet bins.** The floor is the median of the passband bins that
+  no signal test flags (iterated from a low quantile; median/mean of the bins' chi-square
+  law corrected), so a modulated signal filling most of the passband does not lift it and
+  a receiver's filter skirts do not pull it down (``noise_method``).
+* **Signal power over the signal only**: the PSD above the floor integrated over the
+  detected signal's bins (which may reach a few bins past the passband edge, so a carrier
+  at the edge keeps its window lobe); ``occupied_bandwidth_hz`` holds 99 % of it.
+* **Carrier offset only where a carrier is**: a spectral line (``carrier``, ``am``) is
+  measured by maximum likelihood; a suppressed carrier is recovered from the line of x^2
+  (``bpsk``) or x^4 (``qpsk``); otherwise the offset is None (``unknown``).
+* **Receiver artefacts are measured, not measured as signal**: the DC offset is removed
+  before the PSD (``dc_dbfs``), the fraction of clipped samples is reported
+  (``clipped_fraction``), and ``edge_distance_hz`` says how close the signal is to the
+  passband edge.
 
 Lost frames are zero-filled in a capture. Given their positions (``gaps``), :func:`measure`
 reports the figures of the samples that were received: powers average over the received
-samples only, and the PSD uses only Welch segments without a lost sample (zeros would bias
-it low by the lost fraction, and the holes they cut in a carrier would leak its power into
-the noise floor).
+samples only, and the PSD uses only Welch segments without a lost sample.
 
 Plain numpy/scipy on purpose: no Prefect, no I/O, so the numbers can be unit-tested against
 synthetic captures and benchmarked on their own.
@@ -19,20 +38,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 import numpy as np
 import scipy.fft
+import scipy.ndimage
 import scipy.signal
-from numpy.lib.stride_tricks import sliding_window_view
+import scipy.stats
 
 __all__ = [
     "DEFAULT_NPERSEG",
     "DEFAULT_PASSBAND_HZ",
+    "DETECTION_PFA",
+    "MAX_ABS_SAMPLE",
     "MIN_SAMPLES",
     "Measurements",
     "ProcessingError",
+    "Spectrum",
     "carrier_offset_hz",
     "measure",
     "psd",
@@ -40,21 +63,57 @@ __all__ = [
 ]
 
 DEFAULT_PASSBAND_HZ: tuple[float, float] = (-5000.0, 5000.0)
-# 4096 points = 2.9 Hz bins at 12 kS/s: finer than needed for a noise floor, but cheap, as
-# the Welch below transforms all segments in one batched FFT.
+# 4096 points = 2.9 Hz bins at 12 kS/s: narrow enough that a carrier stands far above the
+# noise in its bin, wide enough for a few dozen Welch segments in a 2 s capture.
 DEFAULT_NPERSEG = 4096
-# Below this a PSD has too few in-band bins for a meaningful median.
+# Below this a PSD has too few in-band bins for a noise floor.
 MIN_SAMPLES = 256
 # With gaps: the Welch segment is halved (down to MIN_SAMPLES) until this many segments
 # hold no lost sample (or all of them do, for a capture of fewer segments).
 _MIN_CLEAN_SEGMENTS = 4
+# Samples are full scale 1.0; anything far beyond is not a receiver's output (and its
+# squares would overflow float32): refused with a clear error instead of NaN figures.
+MAX_ABS_SAMPLE = 1e6
 
-# Floor for powers before log10: a silent (all-zero) capture or a noise-only passband must
-# give a finite number, never NaN or -inf (they end up in JSON and a database).
+# Design false-alarm probability of the detector for one noise-only capture (all tests
+# together, Bonferroni). The chi-square model of correlated Welch bins is approximate: the
+# achieved rate is a few times higher (bench/accuracy_dsp.py measures it; issue 12's
+# target is <= 1 %).
+DETECTION_PFA = 2e-4
+# Scales (bins averaged) of the detector: 1 finds lines, the wider ones finds modulated
+# signals whose bins are each below the noise but whose band is not.
+_DETECTION_SCALES = (1, 8, 64, 256)
+# Per-window probability above which a window is counted as signal when the noise floor
+# is estimated (looser than detection: better to drop a noise bin than keep signal).
+_MASK_P = 1e-4
+# A real receiver's noise is not flat: filter ripple and skirts move it by a few percent
+# across the passband. Runs of bins must exceed the floor by this much more than chance
+# allows, or an empty channel would read as a wideband "signal".
+_RIPPLE = 0.03
+_FLOOR_ITERATIONS = 4
+# Bins beyond the passband edge a detected signal may extend into (a carrier at the edge
+# keeps its Hann main lobe, +-2 bins).
+_EDGE_GUARD_BINS = 4
+# Bins around 0 Hz (+-1) left out of the noise floor, the signal and the peak search: the
+# receiver's DC offset lives there.
+_DC_BINS = 1
+# Alternations of the joint carrier + DC fit (least squares DC, ML frequency); each one
+# shrinks the frequency error by the line-DC coupling, ~|sinc(f T)| ** 2.
+_DC_FIT_ITERATIONS = 8
+# A spectral line: its +-3 bins hold this fraction of the signal -> 'carrier'; a line
+# holding less -> 'am' (carrier plus sidebands).
+_CARRIER_FRACTION = 0.98
+_LINE_BINS = 3
+# Bins each side of a squared signal's strongest bin its line is compared with.
+_LINE_LOCAL = 256
+# Clipping: a component at the largest magnitude in the capture is clipped when at least
+# this many samples share that magnitude (one peak sample is just the peak).
+_MIN_CLIPPED_SAMPLES = 3
+
+# Floor for powers before log10 of a quantity that is known to be positive.
 _TINY_POWER = 1e-30
-# CFO search: the coarse FFT is zero-padded only up to a fast FFT length. A 2x pad would
-# shrink Hann scalloping, but it costs ~2.5x the time and buys nothing: the coarse peak only
-# has to land inside the main lobe, the ML refinement below does the rest. _CFO_BLOCK is the
+# CFO search: the coarse FFT is zero-padded only up to a fast FFT length; the coarse peak
+# only has to land inside the main lobe, the ML refinement does the rest. _CFO_BLOCK is the
 # block length used to decimate the capture before that refinement.
 _CFO_ZERO_PAD = 1
 _CFO_BLOCK = 32
@@ -70,21 +129,45 @@ class ProcessingError(ValueError):
 
 
 @dataclass(frozen=True)
+class Spectrum:
+    """The capture's Welch PSD (DC offset removed): fftshifted frequencies (Hz) and
+    density (FS^2/Hz). Computed once per capture, reused by the report's picture."""
+
+    freqs: np.ndarray
+    density: np.ndarray
+
+
+@dataclass(frozen=True)
 class Measurements:
-    """Calibrated figures for one capture (dBFS = relative to int16 full scale)."""
+    """Calibrated figures for one capture (dBFS = relative to int16 full scale).
 
-    power_dbfs: float
-    noise_floor_dbfs_hz: float
-    signal_power_dbfs: float
-    cn0_dbhz: float
-    snr_db: float
+    Signal fields (``signal_power_dbfs``, ``cn0_dbhz``, ``snr_db``,
+    ``occupied_bandwidth_hz``, ``edge_distance_hz``, ``modulation``) are None unless
+    ``detected``; ``frequency_offset_hz`` is None also when there is no carrier to measure.
+    ``power_dbfs`` and the noise floor are None only for an all-zero capture.
+    """
+
+    power_dbfs: float | None
+    noise_floor_dbfs_hz: float | None
+    signal_power_dbfs: float | None
+    cn0_dbhz: float | None
+    snr_db: float | None
     snr_bandwidth_hz: float
-    frequency_offset_hz: float
+    frequency_offset_hz: float | None
     sample_count: int
+    detected: bool = False
+    detection_reason: str = ""
+    occupied_bandwidth_hz: float | None = None
+    noise_method: str | None = None
+    modulation: str | None = None
+    clipped_fraction: float = 0.0
+    dc_dbfs: float | None = None
+    edge_distance_hz: float | None = None
+    spectrum: Spectrum | None = field(default=None, repr=False, compare=False)
 
-    def as_dict(self) -> dict[str, float | int]:
-        """Plain dict for SigMF metadata and database rows."""
-        return asdict(self)
+    def as_dict(self) -> dict[str, float | int | bool | str | None]:
+        """Plain dict of the figures (the spectrum left out) for SigMF and rows."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "spectrum"}
 
 
 # --------------------------------------------------------------------------- validation
@@ -132,12 +215,19 @@ def _as_capture(samples: np.ndarray, minimum: int) -> np.ndarray:
             f"samples: {arr.size} samples are too few for the PSD; need at least {minimum}"
         )
     x = np.ascontiguousarray(arr, dtype=np.complex64)
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
+    parts = x.view(np.float32)
+    top, bottom = float(parts.max()), float(parts.min())  # NaN and Inf show up here
+    if not (math.isfinite(top) and math.isfinite(bottom)):
+        bad = np.flatnonzero(~np.isfinite(x))
         raise ProcessingError(
             f"samples: {bad.size} non-finite (NaN/Inf) values, first at index {bad[0]}; "
             "all samples must be finite (write lost frames as zeros)"
+        )
+    biggest = max(top, -bottom)
+    if biggest > MAX_ABS_SAMPLE:
+        raise ProcessingError(
+            f"samples: a component of magnitude {biggest:.3g} is beyond the allowed "
+            f"±{MAX_ABS_SAMPLE:g} (samples are full scale 1.0, int16 / 32768)"
         )
     return x
 
@@ -192,64 +282,27 @@ def psd(
     return _welch(x, fs, nperseg)
 
 
-@lru_cache(maxsize=8)
-def _welch_window(nperseg: int) -> tuple[np.ndarray, float]:
-    """Periodic Hann window (as scipy.signal.welch uses it) and its energy sum(w**2)."""
-    w = scipy.signal.get_window("hann", nperseg)
-    energy = float(np.dot(w, w))
-    w32 = w.astype(np.float32)
-    w32.flags.writeable = False
-    return w32, energy
-
-
 def _welch(
     x: np.ndarray, fs: float, nperseg: int, keep: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Batched Welch PSD, equal to ``scipy.signal.welch(x, fs, window="hann", nperseg,
-    noverlap=nperseg // 2, detrend=False, return_onesided=False, scaling="density")``
-    fftshifted, but with one FFT over all segments instead of a Python loop per segment.
-
-    Segments start every ``hop = nperseg - nperseg // 2`` samples; trailing samples that
-    do not fill a whole segment are dropped, as scipy does. The FFT runs in complex64
-    (scipy uses complex128, then rounds the result to float32), ~1.7x faster here;
-    bins far below a strong carrier can differ by ~1e-5 relative (< 1e-4 dB).
-    Periodograms are averaged in float64. ``keep`` (one bool per segment) averages only
-    the segments it marks.
-    """
-    hop = nperseg - nperseg // 2
-    window, energy = _welch_window(nperseg)
-    segments = sliding_window_view(x, nperseg)[::hop]  # (K, nperseg) view, no copy
-    if keep is not None:
-        segments = segments[keep]
-    spec = scipy.fft.fft(segments * window, axis=-1, overwrite_x=True, workers=1)
-    power = spec.real * spec.real
-    power += spec.imag * spec.imag
-    density = power.sum(axis=0, dtype=np.float64)
-    density *= 1.0 / (segments.shape[0] * fs * energy)
-    freqs = scipy.fft.fftfreq(nperseg, 1.0 / fs)
-    return scipy.fft.fftshift(freqs), scipy.fft.fftshift(density)
-
-
-@lru_cache(maxsize=32)
-def _median_to_mean(n: int, nperseg: int) -> float:
-    """Median/mean ratio of one Welch bin of complex white Gaussian noise.
-
-    A bin averages K overlapping periodograms, so it is roughly chi-square with nu
-    equivalent degrees of freedom; its median sits below the mean by (1 - 2/(9 nu))^3
-    (Wilson-Hilferty). Dividing the median by this makes the noise floor unbiased, which
-    matters for C/N0 at low SNR where the signal is a small difference of two powers.
-    """
-    hop = nperseg - nperseg // 2
-    segments = 1 + (n - nperseg) // hop
-    pairs = [segments - lag for lag in range(1, len(_overlap_rho(nperseg)) + 1)]
-    return _wilson_hilferty(segments, pairs, nperseg)
-
-
-def _median_to_mean_kept(keep: np.ndarray, nperseg: int) -> float:
-    """:func:`_median_to_mean` for a Welch average of only the segments ``keep`` marks."""
-    lags = len(_overlap_rho(nperseg))
-    pairs = [int(np.count_nonzero(keep[:-lag] & keep[lag:])) for lag in range(1, lags + 1)]
-    return _wilson_hilferty(int(np.count_nonzero(keep)), pairs, nperseg)
+    """``scipy.signal.welch`` (Hann, 50 % overlap, no detrend, two-sided density),
+    fftshifted. ``keep`` (one bool per segment) averages only the segments it marks, from
+    ``scipy.signal.spectrogram``'s per-segment periodograms (same scaling)."""
+    common = {
+        "fs": fs,
+        "window": "hann",
+        "nperseg": nperseg,
+        "noverlap": nperseg // 2,
+        "detrend": False,
+        "return_onesided": False,
+        "scaling": "density",
+    }
+    if keep is None:
+        freqs, density = scipy.signal.welch(x, **common)
+    else:
+        freqs, _, sxx = scipy.signal.spectrogram(x, mode="psd", **common)
+        density = sxx[:, keep].mean(axis=1)
+    return scipy.fft.fftshift(freqs), scipy.fft.fftshift(density.astype(np.float64))
 
 
 @lru_cache(maxsize=8)
@@ -264,14 +317,44 @@ def _overlap_rho(nperseg: int) -> tuple[float, ...]:
     )
 
 
-def _wilson_hilferty(segments: int, pairs: Sequence[int], nperseg: int) -> float:
-    """Median/mean of a Welch bin averaging ``segments`` periodograms, ``pairs[lag - 1]``
-    of whose pairs are ``lag`` hops apart."""
+def _welch_dof(keep: np.ndarray, nperseg: int) -> float:
+    """Equivalent chi-square degrees of freedom of one Welch bin of complex white noise,
+    averaging the segments ``keep`` marks (overlapping ones are correlated)."""
+    segments = int(np.count_nonzero(keep))
     var_factor = 1.0
-    for rho, count in zip(_overlap_rho(nperseg), pairs, strict=False):
-        var_factor += 2.0 * max(count, 0) / segments * rho
-    nu = 2.0 * segments / var_factor
-    return (1.0 - 2.0 / (9.0 * nu)) ** 3
+    for lag, rho in enumerate(_overlap_rho(nperseg), start=1):
+        pairs = int(np.count_nonzero(keep[:-lag] & keep[lag:])) if keep.size > lag else 0
+        var_factor += 2.0 * pairs / segments * rho
+    return 2.0 * segments / var_factor
+
+
+def _segment_count(n: int, nperseg: int) -> int:
+    return 1 + (n - nperseg) // (nperseg - nperseg // 2)
+
+
+# Correlation of the periodogram values of two adjacent (and next-adjacent) Hann bins of
+# white noise: (2/3)^2 and (1/6)^2. A run of w bins therefore averages fewer independent
+# values than w.
+_BIN_RHO = (4.0 / 9.0, 1.0 / 36.0)
+
+
+def _run_dof(nu: float, w: int) -> float:
+    """Equivalent degrees of freedom of the mean of ``w`` adjacent bins of ``nu`` each."""
+    var_factor = 1.0 + sum(
+        2.0 * rho * max(w - lag, 0) / w for lag, rho in enumerate(_BIN_RHO, start=1)
+    )
+    return nu * w / var_factor
+
+
+@lru_cache(maxsize=256)
+def _threshold(nu: float, p: float) -> float:
+    """Level (in units of the mean) a chi-square(nu)/nu variable exceeds with prob. p."""
+    return float(scipy.stats.chi2.isf(p, nu) / nu)
+
+
+@lru_cache(maxsize=64)
+def _quantile_to_mean(nu: float, q: float) -> float:
+    return float(scipy.stats.chi2.ppf(q, nu) / nu)
 
 
 # --------------------------------------------------------------------------- CFO
@@ -389,11 +472,311 @@ def _carrier_offset(x: np.ndarray, fs: float, lo: float, hi: float) -> float:
     return float(_refine_offset(x, fs, f0))
 
 
+# --------------------------------------------------------------------------- detection
+
+
+@dataclass(frozen=True)
+class _SpectralModel:
+    """Noise floor and the detected signal's bins, over the analysis band's PSD bins."""
+
+    floor: float  # FS^2/Hz
+    method: str
+    signal: np.ndarray  # bool per analysis bin: the detected signal (DC bins excluded)
+    line_threshold: float  # single-bin detection level, in units of the floor
+    reason: str
+
+
+def _run_mean(d: np.ndarray, w: int) -> np.ndarray:
+    """Mean of the w bins starting at each index (length d.size - w + 1)."""
+    c = np.concatenate(([0.0], np.cumsum(d)))
+    return (c[w:] - c[:-w]) / w
+
+
+def _flagged(
+    d: np.ndarray, floor: float, nu: float, nu_floor: float, p_of: dict[int, float]
+) -> tuple[np.ndarray, list[int]]:
+    """Bins inside a run of w bins (w in ``p_of``, smallest first) whose mean exceeds the
+    floor by more than chance allows at probability ``p_of[w]`` per run, and the scales
+    that fired.
+
+    Bins a smaller run flagged (and 2 bins around them) are set to the floor before the
+    wider runs are tested, so a carrier does not make a 256-bin run of noise "signal".
+    The floor is itself estimated, so its uncertainty widens the threshold.
+    """
+    marks = np.zeros(d.size, dtype=bool)
+    fired = []
+    work = d.copy()
+    for w, p in sorted(p_of.items()):
+        nu_w = _run_dof(nu, w)
+        nu_eff = 1.0 / (1.0 / nu_w + 1.0 / nu_floor)
+        margin = 1.0 if w == 1 else 1.0 + _RIPPLE
+        hot = _run_mean(work, w) > floor * margin * _threshold(round(nu_eff, 1), p)
+        if hot.any():
+            fired.append(w)
+            new = np.convolve(hot.astype(np.int8), np.ones(w, dtype=np.int8), "full") > 0
+            marks |= scipy.ndimage.binary_dilation(new, iterations=2)
+            work[marks] = floor
+    return _widened(marks), fired
+
+
+def _widened(marks: np.ndarray) -> np.ndarray:
+    """Each run of marked bins grown by a quarter of its width on both sides.
+
+    A modulated signal's roll-off (raised cosine, filter skirts) fades into the noise
+    before a test can see it; left in the quiet bins it would lift the floor, left out of
+    the signal it would lower the power. A quarter covers roll-off factors up to ~0.5.
+    """
+    labels, count = scipy.ndimage.label(marks)
+    if count == 0:
+        return marks
+    out = marks.copy()
+    for piece in scipy.ndimage.find_objects(labels):
+        start, stop = piece[0].start, piece[0].stop
+        grow = (stop - start) // 4
+        if grow:
+            out[max(start - grow, 0) : stop + grow] = True
+    return out
+
+
+def _spectral_model(
+    d: np.ndarray, passband: np.ndarray, dc: np.ndarray, nu: float
+) -> _SpectralModel:
+    """Noise floor from the quiet bins, then detection at :data:`DETECTION_PFA`.
+
+    ``d`` is the PSD over the analysis band (the passband plus a few guard bins),
+    ``passband`` and ``dc`` mark its passband and DC bins. Only passband bins feed the
+    floor; the DC bins are set to the floor for the tests so the receiver's DC neither
+    counts as signal nor hides one.
+    """
+    m = d.size
+    pool = passband & ~dc
+    count = int(np.count_nonzero(pool))
+    scales = [w for w in _DETECTION_SCALES if w <= max(1, m // 4)]
+    mask_p = dict.fromkeys(scales, _MASK_P)
+    # Bonferroni over scales and runs; overlapping runs of w bins count as 2m/w tests.
+    det_p = {
+        w: DETECTION_PFA / (len(scales) * max(1.0, m / w * (1 if w == 1 else 2))) for w in scales
+    }
+
+    floor = float(np.quantile(d[pool], 0.1)) / _quantile_to_mean(round(nu, 1), 0.1)
+    method = "low-quantile"
+    quiet_count = count
+    flagged = np.zeros(m, dtype=bool)
+    for _ in range(_FLOOR_ITERATIONS):
+        if not floor > 0.0:
+            break
+        dn = d
+        nu_floor = _run_dof(nu, max(quiet_count, 1))
+        flagged, _ = _flagged(dn, floor, nu, nu_floor, mask_p)
+        quiet = pool & ~flagged
+        quiet_count = int(np.count_nonzero(quiet))
+        if quiet_count < max(16, count // 20):
+            method = "low-quantile"  # the signal fills the passband: no quiet part left
+            quiet_count = count
+            break
+        # The median, not the mean: robust to a receiver's filter skirts at the passband
+        # edges and to a signal's roll-off left among the quiet bins.
+        floor = float(np.median(d[quiet])) / _quantile_to_mean(round(nu, 1), 0.5)
+        method = "quiet-bins"
+
+    empty = np.zeros(m, dtype=bool)
+    line_threshold = _threshold(
+        round(1.0 / (1.0 / nu + 1.0 / _run_dof(nu, quiet_count)), 1), det_p[1]
+    )
+    if not floor > 0.0:
+        return _SpectralModel(
+            0.0, method, empty, line_threshold, "no noise: the capture is constant"
+        )
+    dn = d
+    hits, fired = _flagged(dn, floor, nu, _run_dof(nu, quiet_count), det_p)
+    if not fired:
+        return _SpectralModel(
+            floor,
+            method,
+            empty,
+            line_threshold,
+            f"no signal: no PSD bin or run of {'/'.join(map(str, scales[1:]))} bins above "
+            f"the noise floor at false-alarm rate {DETECTION_PFA:g}",
+        )
+    labels, _ = scipy.ndimage.label(flagged | hits)
+    ids = np.unique(labels[hits])
+    signal = np.isin(labels, ids[ids > 0])
+    reason = f"detected: PSD runs of {'/'.join(map(str, fired))} bins above the noise floor"
+    if method == "low-quantile":
+        reason = (
+            "signal fills the passband (no quiet bins): noise floor an upper bound, C/N0 and "
+            "SNR lower bounds; " + reason
+        )
+    return _SpectralModel(
+        floor, method, signal, line_threshold, reason + f" (Pfa {DETECTION_PFA:g})"
+    )
+
+
 # --------------------------------------------------------------------------- measure
 
 
 def _db(power: float) -> float:
     return 10.0 * math.log10(max(power, _TINY_POWER))
+
+
+def _clipped_fraction(x: np.ndarray, lost: np.ndarray | None, received: int) -> float:
+    """Fraction of received samples with a component at the capture's largest magnitude,
+    when enough share it to be a clip level rather than one peak."""
+    parts = x.view(np.float32)
+    peak = max(float(parts.max()), -float(parts.min()))
+    if peak == 0.0:
+        return 0.0
+    components = int(np.count_nonzero(parts == peak)) + int(np.count_nonzero(parts == -peak))
+    if components < max(_MIN_CLIPPED_SAMPLES, 1e-3 * received):
+        return 0.0  # the usual case, decided without a per-sample pass
+    at_peak = (np.abs(parts) == peak).reshape(-1, 2).any(axis=1)
+    if lost is not None:
+        at_peak &= ~lost
+    count = int(np.count_nonzero(at_peak))
+    if count < max(_MIN_CLIPPED_SAMPLES, 1e-3 * received):
+        return 0.0
+    return count / received
+
+
+def _line(y: np.ndarray, fs: float) -> tuple[float, float]:
+    """Strongest line of ``y`` (Hz, ML-refined) and its strength over the median bin,
+    scaled so noise bins are ~exponential with mean 1."""
+    n = y.size
+    nfft = scipy.fft.next_fast_len(n)
+    spec = scipy.fft.fft(y * _hann(n), nfft)
+    mag2 = spec.real * spec.real + spec.imag * spec.imag
+    k = int(np.argmax(mag2))
+    # Against the spectrum around the peak, not the whole: a squared modulated signal has a
+    # continuous spectrum far above the empty parts, and only a line stands out of it.
+    around = np.concatenate(
+        [
+            mag2.take(range(k - _LINE_LOCAL, k - _LINE_BINS), mode="wrap"),
+            mag2.take(range(k + _LINE_BINS + 1, k + _LINE_LOCAL + 1), mode="wrap"),
+        ]
+    )
+    mean_local = float(np.median(around)) / math.log(2.0)
+    strength = float(mag2[k]) / mean_local if mean_local > 0.0 else math.inf
+    a, b, c = (math.log(max(float(mag2[(k + d) % nfft]), 1e-38)) for d in (-1, 0, 1))
+    denom = a - 2.0 * b + c
+    frac = min(max(0.5 * (a - c) / denom, -0.5), 0.5) if denom < 0.0 else 0.0
+    signed = k if k < nfft // 2 else k - nfft
+    return _refine_offset(y, fs, (signed + frac) * fs / nfft), strength
+
+
+def _suppressed_carrier(
+    xs: np.ndarray, fs: float, centre: float, lo: float, hi: float
+) -> tuple[float | None, str]:
+    """Carrier offset recovered from the line of x^2 (BPSK) or x^4 (QPSK), or None.
+
+    The line sits at k times the carrier, aliased modulo fs; of the k candidates the one
+    nearest the occupied band's centre inside the band is taken.
+    """
+    y = xs.astype(np.complex64)
+    threshold = math.log(xs.size / DETECTION_PFA)
+    for power, name in ((2, "bpsk"), (4, "qpsk")):
+        y = y * y
+        f_line, strength = _line(y, fs)
+        if strength > threshold:
+            candidates = [(f_line + j * fs) / power for j in range(-power, power + 1)]
+            inside = [f for f in candidates if lo <= f <= hi] or candidates
+            return float(min(inside, key=lambda f: abs(f - centre))), name
+    return None, "unknown"
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """The PSD-based figures of a DC-free capture (see :func:`_analyse`)."""
+
+    spectrum: Spectrum
+    model: _SpectralModel
+    signal: float  # FS^2, 0 when nothing is detected
+    f_lo: float
+    f_hi: float
+    line_hz: float | None  # the spectral line's PSD bin, when there is one
+    line_fraction: float
+    df: float
+
+
+def _analyse(
+    xs: np.ndarray, fs: float, nperseg: int, keep: np.ndarray, gaps: bool, lo: float, hi: float
+) -> _Analysis:
+    """Welch PSD, noise floor, detection, signal power and band, and the spectral line."""
+    freqs, density = _welch(xs, fs, nperseg, keep if gaps else None)
+    df = fs / nperseg
+    guard = _EDGE_GUARD_BINS * df
+    band = (freqs >= lo - guard) & (freqs <= hi + guard)
+    f_band, d_band = freqs[band], density[band]
+    passband = (f_band >= lo) & (f_band <= hi)
+    dc_bins = np.abs(f_band) <= (_DC_BINS + 0.5) * df
+    if np.count_nonzero(passband & ~dc_bins) < 3:
+        raise ProcessingError(
+            f"passband_hz: ({lo:g}, {hi:g}) holds fewer than 3 PSD bins of {df:.3g} Hz; "
+            "it must be wider"
+        )
+    model = _spectral_model(d_band, passband, dc_bins, _welch_dof(keep, nperseg))
+    spectrum = Spectrum(freqs=freqs, density=density)
+    floor = model.floor
+    excess = (d_band - floor)[model.signal]
+    signal = float(excess.sum()) * df if model.signal.any() else 0.0
+    if not signal > 0.0:
+        return _Analysis(spectrum, model, 0.0, 0.0, 0.0, None, 0.0, df)
+    f_sig = f_band[model.signal]
+    cum = np.cumsum(np.clip(excess, 0.0, None))
+    cum /= cum[-1]
+    f_lo = float(f_sig[min(int(np.searchsorted(cum, 0.005)), f_sig.size - 1)])
+    f_hi = float(f_sig[min(int(np.searchsorted(cum, 0.995)), f_sig.size - 1)])
+
+    # A spectral line: one bin far above both the noise and the signal around it.
+    i_sig = np.flatnonzero(model.signal)
+    peak = int(i_sig[np.argmax(excess)])
+    near = model.signal.copy()
+    near[: max(peak - 64, 0)] = False
+    near[peak + 65 :] = False
+    near[max(peak - _LINE_BINS - 1, 0) : peak + _LINE_BINS + 2] = False
+    local = float(np.median(d_band[near] - floor)) if near.any() else 0.0
+    if not d_band[peak] > (floor + max(local, 0.0)) * model.line_threshold:
+        return _Analysis(spectrum, model, signal, f_lo, f_hi, None, 0.0, df)
+    lobe = model.signal.copy()
+    lobe[: max(peak - _LINE_BINS, 0)] = False
+    lobe[peak + _LINE_BINS + 1 :] = False
+    fraction = float((d_band[lobe] - floor).sum()) * df / signal
+    return _Analysis(spectrum, model, signal, f_lo, f_hi, float(f_band[peak]), fraction, df)
+
+
+def _dc_free(x: np.ndarray, lost: np.ndarray | None, dc: complex) -> np.ndarray:
+    xs = x - np.complex64(dc)
+    if lost is not None:
+        xs[lost] = 0
+    return xs
+
+
+def _carrier_and_dc(
+    x: np.ndarray, lost: np.ndarray | None, fs: float, f0: float
+) -> tuple[float, complex | None]:
+    """Carrier offset and DC offset fitted jointly (least squares on [1, exp(j w t)]).
+
+    The DC is a line at exactly 0 Hz; a carrier a fraction of a bin 1/T away is another
+    line, and removing the plain mean would take part of the carrier with it. Fitted
+    together they separate down to ~0.1/T; closer than that they are one line (returned
+    DC None: not separable, the line is taken as the carrier).
+    """
+    n = x.size
+    w = np.ones(n) if lost is None else (~lost).astype(np.float64)
+    count = float(w.sum())
+    f = f0
+    dc: complex | None = complex(x.sum(dtype=np.complex128)) / count
+    t = np.arange(n, dtype=np.float64)
+    for _ in range(_DC_FIT_ITERATIONS):
+        e = np.exp(2j * math.pi * f / fs * t) * w
+        s_e = complex(e.sum())
+        det = count * count - abs(s_e) ** 2
+        if det < 0.01 * count * count:
+            return f, None
+        b0 = complex(x.sum(dtype=np.complex128))
+        b1 = complex(np.vdot(e, x))
+        dc = (count * b0 - s_e * b1) / det
+        f = _refine_offset(_dc_free(x, lost, dc), fs, f)
+    return f, dc
 
 
 def measure(
@@ -403,28 +786,26 @@ def measure(
     passband_hz: tuple[float, float] = DEFAULT_PASSBAND_HZ,
     gaps: Sequence[tuple[int, int]] = (),
 ) -> Measurements:
-    """Power, noise floor, carrier power, C/N0, SNR and carrier offset of one capture.
+    """Detection, power, noise floor, signal power, C/N0, SNR, carrier offset and quality
+    flags of one capture (see the module docstring for the method).
 
-    The noise floor is the (bias-corrected) median of the Welch PSD over the passband
-    without the DC bin: a median ignores the few bins a carrier occupies, so no signal
-    model is needed. Carrier power is what the passband holds above that floor, and the
-    SNR is quoted in the whole passband (``snr_bandwidth_hz``).
+    ``power_dbfs`` is the mean power of the received samples, DC included. The SNR is
+    quoted in the whole passband (``snr_bandwidth_hz``), C/N0 per Hz. The DC offset is the
+    capture's mean, fitted jointly with a carrier near 0 Hz when there is one, and removed
+    before the PSD; its bins are left out of the noise floor.
 
     ``gaps`` are (sample_start, sample_count) runs of zero-filled lost frames (as
     :class:`~tasks.kiwisdr.client.Capture` lists them; they may overlap). The figures are
-    then those of the received samples: ``power_dbfs`` averages over them only (the
-    zero-filled average is low by 10*log10(received fraction)), and the PSD averages only
-    the Welch segments that hold no lost sample, shortening the segment (down to
-    ``MIN_SAMPLES``) until at least 4 such segments exist. So the noise floor and carrier
-    power are unbiased too, and a strong carrier cut by a gap does not leak into the
-    floor. C/N0 and SNR are ratios of the two. A capture with few received samples is
-    still measured, only less precisely; the row's ``lost_frames`` says how many were
-    lost. ``sample_count`` stays the length of ``samples``, zeros included.
+    then those of the received samples: powers average over them only, and the PSD
+    averages only the Welch segments that hold no lost sample, shortening the segment
+    (down to ``MIN_SAMPLES``) until at least 4 such segments exist. ``sample_count``
+    stays the length of ``samples``, zeros included.
 
     Raises:
-        ProcessingError: naming the field and the allowed range; for ``gaps`` also when
-            a gap holds a non-zero sample, every sample is lost, or no run of
-            ``MIN_SAMPLES`` received samples in a row is left for the PSD.
+        ProcessingError: naming the field and the allowed range (non-finite samples or
+            samples beyond +-MAX_ABS_SAMPLE included); for ``gaps`` also when a gap
+            holds a non-zero sample, every sample is lost, or no run of ``MIN_SAMPLES``
+            received samples in a row is left for the PSD.
     """
     fs = _check_rate(sample_rate)
     lo, hi = _check_passband(passband_hz, fs)
@@ -434,9 +815,8 @@ def measure(
 
     nperseg = min(DEFAULT_NPERSEG, 1 << (n.bit_length() - 1))
     if lost is None:
-        power = float(np.vdot(x, x).real) / n
-        freqs, density = _welch(x, fs, nperseg)
-        median_to_mean = _median_to_mean(n, nperseg)
+        received = n
+        keep = np.ones(_segment_count(n, nperseg), dtype=bool)
     else:
         received = n - int(np.count_nonzero(lost))
         if received == 0:
@@ -447,35 +827,99 @@ def measure(
                 f"gaps: sample {first} inside a gap is not zero; gaps must name only "
                 "zero-filled lost frames"
             )
-        power = float(np.vdot(x, x).real) / received
         nperseg, keep = _clean_segments(lost, nperseg)
-        freqs, density = _welch(x, fs, nperseg, keep)
-        median_to_mean = _median_to_mean_kept(keep, nperseg)
-    df = fs / nperseg
-    in_band = (freqs >= lo) & (freqs <= hi)
-    noise_bins = in_band & (freqs != 0.0)
-    if np.count_nonzero(noise_bins) < 3:
-        raise ProcessingError(
-            f"passband_hz: ({lo:g}, {hi:g}) holds fewer than 3 PSD bins of {df:.3g} Hz; "
-            "it must be wider"
-        )
-    floor = float(np.median(density[noise_bins])) / median_to_mean
-    band_power = float(density[in_band].sum()) * df
-    band_width = float(np.count_nonzero(in_band)) * df
-    signal = max(band_power - floor * band_width, _TINY_POWER)
-    floor_safe = max(floor, _TINY_POWER)
+    total = float(np.vdot(x, x).real) / received
+    dc: complex | None = complex(x.sum(dtype=np.complex128)) / received
+    xs = _dc_free(x, lost, dc)
+    a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi)
     snr_bandwidth = hi - lo
-    cn0 = signal / floor_safe
+    common = {
+        "sample_count": n,
+        "snr_bandwidth_hz": snr_bandwidth,
+        "clipped_fraction": _clipped_fraction(x, lost, received),
+    }
+    if total == 0.0:
+        return Measurements(
+            power_dbfs=None,
+            noise_floor_dbfs_hz=None,
+            signal_power_dbfs=None,
+            cn0_dbhz=None,
+            snr_db=None,
+            frequency_offset_hz=None,
+            detected=False,
+            detection_reason="silent capture: every received sample is zero",
+            spectrum=a.spectrum,
+            **common,
+        )
 
+    cfo: float | None = None
+    modulation = "unknown"
+    floor = a.model.floor
+    # The mean as a line: significant when far above what the spectrum around 0 Hz
+    # (noise or a modulated signal, density S) puts into a mean (variance S fs / N).
+    near_dc = np.abs(a.spectrum.freqs) <= (_DC_BINS + 3.5) * a.df
+    level = float(a.spectrum.density[near_dc].max()) if near_dc.any() else floor
+    mean_is_line = floor > 0.0 and abs(dc or 0.0) ** 2 > 20.0 * max(level, floor) * fs / received
+    if a.line_hz is None and mean_is_line:
+        # The only line is at 0 Hz: a carrier there, or the receiver's DC; they cannot be
+        # told apart, so it is measured as a carrier (and no DC is reported).
+        f0, _ = _coarse_offset(x, fs, -2.0 * a.df, 2.0 * a.df)
+        cfo, dc = _carrier_and_dc(x, lost, fs, _refine_offset(x, fs, f0))
+        xs = _dc_free(x, lost, 0.0 if dc is None else dc)
+        a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi)
+        modulation = "carrier" if a.line_fraction >= _CARRIER_FRACTION else "am"
+    elif a.line_hz is not None:
+        f0, _ = _coarse_offset(xs, fs, a.line_hz - 2.0 * a.df, a.line_hz + 2.0 * a.df)
+        cfo = _refine_offset(xs, fs, f0)
+        if abs(a.line_hz) <= (_DC_BINS + 2.5) * a.df:  # the line and the DC overlap
+            cfo, dc = _carrier_and_dc(x, lost, fs, cfo)
+            xs = _dc_free(x, lost, 0.0 if dc is None else dc)
+            a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi)
+        modulation = "carrier" if a.line_fraction >= _CARRIER_FRACTION else "am"
+    elif a.signal > 0.0:
+        guard = _EDGE_GUARD_BINS * a.df
+        cfo, modulation = _suppressed_carrier(
+            xs, fs, 0.5 * (a.f_lo + a.f_hi), lo - guard, hi + guard
+        )
+
+    floor = a.model.floor
+    common["dc_dbfs"] = _db(abs(dc) ** 2) if dc else None
+    common["noise_method"] = a.model.method if floor > 0.0 else None
+    if not a.signal > 0.0:
+        reason = a.model.reason
+        if a.model.signal.any():
+            reason = "no signal: the flagged bins hold no power above the floor"
+        return Measurements(
+            power_dbfs=_db(total),
+            noise_floor_dbfs_hz=_db(floor) if floor > 0.0 else None,
+            signal_power_dbfs=None,
+            cn0_dbhz=None,
+            snr_db=None,
+            frequency_offset_hz=None,
+            detected=False,
+            detection_reason=reason,
+            spectrum=a.spectrum,
+            **common,
+        )
+    cn0 = a.signal / floor
+    # A carrier's edge is its frequency (finer than the PSD bins); a band's, its 99 % limits.
+    edge_lo, edge_hi = (
+        (cfo, cfo) if modulation == "carrier" and cfo is not None else (a.f_lo, a.f_hi)
+    )
     return Measurements(
-        power_dbfs=_db(power),
+        power_dbfs=_db(total),
         noise_floor_dbfs_hz=_db(floor),
-        signal_power_dbfs=_db(signal),
+        signal_power_dbfs=_db(a.signal),
         cn0_dbhz=_db(cn0),
         snr_db=_db(cn0 / snr_bandwidth),
-        snr_bandwidth_hz=snr_bandwidth,
-        frequency_offset_hz=_carrier_offset(x, fs, lo, hi),
-        sample_count=n,
+        frequency_offset_hz=None if cfo is None else float(cfo),
+        detected=True,
+        detection_reason=a.model.reason,
+        occupied_bandwidth_hz=float(a.f_hi - a.f_lo + a.df),
+        modulation=modulation,
+        edge_distance_hz=float(min(edge_lo - lo, hi - edge_hi)),
+        spectrum=a.spectrum,
+        **common,
     )
 
 

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from blocks.receiver import KiwiSDRReceiver
-from tasks.dsp import measure, psd, rssi_dbm
+from tasks.dsp import measure, rssi_dbm
 from tasks.kiwisdr.client import Capture
 from tasks.recording import EXTENSION, Recording, build_recording
 from tasks.report import sparkline
@@ -74,10 +74,8 @@ def process_capture(
         description=f"{receiver.display_name or name} at {capture.frequency_hz / 1e6:.6f} MHz",
     )
     row = row_from_metadata(recording.meta)
-    _, density = psd(capture.samples, capture.sample_rate, nperseg=512)
-    return ProcessedCapture(
-        receiver=name, recording=recording, row=row, spectrum=sparkline(density)
-    )
+    spectrum = sparkline(m.spectrum.density) if m.spectrum is not None else ""
+    return ProcessedCapture(receiver=name, recording=recording, row=row, spectrum=spectrum)
 
 
 _MEASURED = (
@@ -89,6 +87,15 @@ _MEASURED = (
     "snr_bandwidth_hz",
     "frequency_offset_hz",
     "rssi_dbm",
+    # detection and quality (schema 0003)
+    "detected",
+    "detection_reason",
+    "occupied_bandwidth_hz",
+    "noise_method",
+    "modulation",
+    "clipped_fraction",
+    "dc_dbfs",
+    "edge_distance_hz",
 )
 
 
@@ -137,6 +144,10 @@ def timing_row_fields(model: dict[str, Any] | None) -> dict[str, Any]:
     return TimingModel.from_dict(model).row_fields()
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _hardware(capture: Capture, receiver: KiwiSDRReceiver) -> str:
     version = f"{capture.server.get('version_maj', '?')}.{capture.server.get('version_min', '?')}"
     return f"KiwiSDR v{version}" + (f", {receiver.antenna}" if receiver.antenna else "")
@@ -149,12 +160,12 @@ def process(
     """Measurements and recording of one capture (sync: pure numpy in a worker thread)."""
     result = process_capture(capture, receiver, acquisition_id=acquisition_id, name=name)
     row = result.row
+    measured = result.recording.meta["global"][f"{EXTENSION}:measurements"]
     get_run_logger().info(
-        "%s: power %.1f dBFS, SNR %.1f dB, C/N0 %.1f dB-Hz, offset %+.2f Hz",
+        "%s: power %s dBFS, SNR %s dB, C/N0 %s dB-Hz, offset %s Hz, %s (%s)",
         name,
-        row["power_dbfs"],
-        row["snr_db"],
-        row["cn0_dbhz"],
-        row["frequency_offset_hz"],
+        *(_fmt(row.get(k)) for k in ("power_dbfs", "snr_db", "cn0_dbhz", "frequency_offset_hz")),
+        measured.get("modulation") or "no signal",
+        measured.get("detection_reason"),
     )
     return result

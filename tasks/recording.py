@@ -1,5 +1,9 @@
 """The recording format: a complex64 ``.npy`` plus a SigMF 1.2 ``.sigmf-meta``.
 
+The metadata is assembled and schema-validated by sigmf-python (``SigMFFile``); this
+module adds only what the format leaves to us: the npy header length, the rfacq
+namespace's fields, and error messages that name the offending field.
+
 Samples are stored as ``.npy`` so numpy (and anything that speaks it) loads them with no
 SigMF tooling; the metadata declares that file a SigMF *Non-Conforming Dataset*
 (``core:dataset`` + ``core:header_bytes``) so SigMF readers find the same samples behind
@@ -23,6 +27,8 @@ from importlib import metadata as importlib_metadata
 from typing import Any
 
 import numpy as np
+import sigmf
+import sigmf.error
 
 __all__ = [
     "DATATYPE",
@@ -40,7 +46,9 @@ SIGMF_VERSION = "1.2.0"
 DATATYPE = "cf32_le"
 NPY_DTYPE = np.dtype("<c8")  # what cf32_le means, independent of the host's byte order
 EXTENSION = "rfacq"
-EXTENSION_VERSION = "0.1.0"
+# 0.2.0: rfacq:measurements carries detection, occupied bandwidth, noise method, modulation
+# and the quality flags (clipped fraction, DC level, edge distance); 0.1.0 files still load.
+EXTENSION_VERSION = "0.2.0"
 # SigMF: optional=false means a reader that doesn't know the namespace must refuse the
 # recording. Nothing in rfacq is needed to read the samples, so it is optional.
 EXTENSION_OPTIONAL = True
@@ -353,12 +361,20 @@ def build_recording(
         "core:datetime": _utc_iso(start_utc),
         "core:header_bytes": _npy_header_bytes(npy),
     }
-    meta = {
-        "global": glob,
-        "captures": [capture],
-        "annotations": _annotations(gaps, sample_count),
-    }
-    return Recording(npy=npy, meta=meta)
+    handle = sigmf.SigMFFile(global_info=glob)
+    handle.add_capture(0, metadata=capture)
+    for annotation in _annotations(gaps, sample_count):
+        handle.add_annotation(annotation.pop("core:sample_start"), metadata=annotation)
+    return Recording(npy=npy, meta=_validated(handle, name))
+
+
+def _validated(handle: sigmf.SigMFFile, name: str) -> dict[str, Any]:
+    """The metadata of ``handle`` as a plain dict, after sigmf-python's schema check."""
+    try:
+        handle.validate()
+    except sigmf.error.SigMFValidationError as exc:
+        raise RecordingError(f"{name}: metadata fails the SigMF schema: {exc}") from None
+    return json.loads(handle.dumps(pretty=False))
 
 
 def read_recording(

@@ -105,7 +105,9 @@ def test_cfo_rms_error_within_10x_cramer_rao(cn0_dbhz: float) -> None:
 def test_measure_and_carrier_offset_agree() -> None:
     rng = np.random.default_rng(11)
     x, _ = capture(rng, seconds=1.0, cn0_dbhz=45.0, offset_hz=-777.7)
-    assert measure(x, FS).frequency_offset_hz == carrier_offset_hz(x, FS)
+    # measure removes the DC offset first; the carrier's estimate moves by far less than
+    # its Cramer-Rao bound (~3 mHz here)
+    assert measure(x, FS).frequency_offset_hz == pytest.approx(carrier_offset_hz(x, FS), abs=1e-4)
 
 
 def test_cfo_search_is_limited_to_the_passband() -> None:
@@ -234,20 +236,32 @@ def test_gaps_that_miss_every_welch_segment_change_nothing_but_power() -> None:
     # 24002 samples, 4096-point segments every 2048: the last 1474 samples are in none
     x[-1024:] = 0
     plain, gapped = measure(x, FS), measure(x, FS, gaps=[(x.size - 1024, 1024)])
-    assert gapped.noise_floor_dbfs_hz == plain.noise_floor_dbfs_hz
-    assert gapped.cn0_dbhz == plain.cn0_dbhz
+    # only the DC estimate differs (the plain mean counts the zeros): far below 0.001 dB
+    assert gapped.noise_floor_dbfs_hz == pytest.approx(plain.noise_floor_dbfs_hz, abs=1e-3)
+    assert gapped.cn0_dbhz == pytest.approx(plain.cn0_dbhz, abs=1e-3)
     assert gapped.power_dbfs - plain.power_dbfs == pytest.approx(-db(1 - 1024 / x.size))
     assert measure(x, FS, gaps=()) == plain
 
 
-def test_noise_only_and_silent_captures_are_finite() -> None:
+def test_noise_only_and_silent_captures_are_flagged_not_faked() -> None:
     rng = np.random.default_rng(15)
     noise = (0.01 * (rng.standard_normal(24000) + 1j * rng.standard_normal(24000))).astype(
         np.complex64
     )
-    for x in (noise, np.zeros(24000, np.complex64)):
-        values = measure(x, FS).as_dict()
-        assert all(math.isfinite(v) for v in values.values()), values
+    m = measure(noise, FS)
+    assert not m.detected
+    assert m.detection_reason.startswith("no signal")
+    assert (m.signal_power_dbfs, m.cn0_dbhz, m.snr_db, m.frequency_offset_hz) == (None,) * 4
+    assert (m.occupied_bandwidth_hz, m.modulation, m.edge_distance_hz) == (None,) * 3
+    assert abs(m.noise_floor_dbfs_hz - db(2e-4 / FS)) < 0.2
+    assert m.noise_method == "quiet-bins"
+
+    silent = measure(np.zeros(24000, np.complex64), FS)
+    assert not silent.detected
+    assert silent.detection_reason.startswith("silent capture")
+    assert silent.power_dbfs is None and silent.noise_floor_dbfs_hz is None
+    for value in silent.as_dict().values():
+        assert not (isinstance(value, float) and not math.isfinite(value))
 
 
 def test_complex128_input_and_custom_passband() -> None:
@@ -274,9 +288,20 @@ def test_as_dict_types() -> None:
         "snr_bandwidth_hz",
         "frequency_offset_hz",
         "sample_count",
+        "detected",
+        "detection_reason",
+        "occupied_bandwidth_hz",
+        "noise_method",
+        "modulation",
+        "clipped_fraction",
+        "dc_dbfs",
+        "edge_distance_hz",
     ]
-    assert type(d["sample_count"]) is int
-    assert all(type(v) is float for k, v in d.items() if k != "sample_count")
+    assert type(d["sample_count"]) is int and d["detected"] is True
+    assert all(type(d[k]) is str for k in ("detection_reason", "noise_method", "modulation"))
+    floats = set(d) - {"sample_count", "detected", "detection_reason", "noise_method", "modulation"}
+    assert all(type(d[k]) is float for k in floats), d
+    assert m.spectrum is not None and m.spectrum.freqs.size == m.spectrum.density.size
 
 
 # --------------------------------------------------------------------------- bad input
@@ -404,9 +429,251 @@ def test_rssi_dbm_rejects_empty_and_non_numeric() -> None:
         rssi_dbm(np.array([1.0, np.nan]))
 
 
-def test_median_correction_is_small_and_below_one() -> None:
-    # 10 s at 4096 points: ~58 segments, so the median sits ~0.03 dB under the mean
-    ratio = dsp._median_to_mean(120011, 4096)
-    assert 0.99 < ratio < 1.0
-    # one segment: an exponential, whose median/mean is ln 2
-    assert dsp._median_to_mean(4096, 4096) == pytest.approx(math.log(2), rel=0.02)
+def test_welch_dof_counts_overlap() -> None:
+    # one segment: a periodogram bin of complex noise is chi-square with 2 dof
+    assert dsp._welch_dof(np.ones(1, bool), 4096) == pytest.approx(2.0)
+    # 58 Hann segments at 50 % overlap: correlated neighbours give fewer than 2 * 58 dof
+    assert 90.0 < dsp._welch_dof(np.ones(58, bool), 4096) < 116.0
+
+
+# --------------------------------------------------------------------------- real signals
+# Modulated signals for the tests below: raised-cosine PSK and AM-like, shaped in the
+# frequency domain so their band is exact; truth is the realised signal power.
+
+
+def _noise(rng: np.random.Generator, n: int, n0: float) -> np.ndarray:
+    sigma = math.sqrt(n0 * FS / 2.0)
+    return sigma * (rng.standard_normal(n) + 1j * rng.standard_normal(n))
+
+
+def psk(
+    rng: np.random.Generator, n: int, *, order: int, band_hz: float, centre_hz: float
+) -> np.ndarray:
+    """Unit-power raised-cosine (roll-off 0.35) PSK of ``order`` 2 or 4, ``band_hz`` wide."""
+    rate = band_hz / 1.35
+    sps = FS / rate
+    count = int(n / sps)
+    phases = rng.integers(0, order, count) * (2 * math.pi / order) + (math.pi / 4) * (order == 4)
+    impulses = np.zeros(n, complex)
+    impulses[(np.arange(count) * sps).astype(int)] = np.exp(1j * phases)
+    f = np.abs(np.fft.fftfreq(n, 1 / FS))
+    inner, outer = rate * 0.65 / 2, rate * 1.35 / 2
+    shape = np.where(
+        f <= inner,
+        1.0,
+        np.where(f <= outer, 0.5 + 0.5 * np.cos(np.pi / (0.35 * rate) * (f - inner)), 0),
+    )
+    s = np.fft.ifft(np.fft.fft(impulses) * shape) * np.exp(
+        2j * math.pi * centre_hz / FS * np.arange(n)
+    )
+    return s / math.sqrt(np.mean(np.abs(s) ** 2))
+
+
+def am(rng: np.random.Generator, n: int, *, band_hz: float, centre_hz: float) -> np.ndarray:
+    """Unit-power carrier at ``centre_hz`` modulated (rms index 0.3) by band-limited noise."""
+    f = np.fft.fftfreq(n, 1 / FS)
+    msg = np.fft.ifft(rng.standard_normal(n) * (np.abs(f) <= band_hz / 2)).real
+    msg /= math.sqrt(np.mean(msg**2))
+    s = (1 + 0.3 * msg) * np.exp(2j * math.pi * centre_hz / FS * np.arange(n))
+    return s / math.sqrt(np.mean(np.abs(s) ** 2))
+
+
+def at_cn0(
+    rng: np.random.Generator, s: np.ndarray, cn0_dbhz: float, n0: float = 1e-7
+) -> np.ndarray:
+    return (s * math.sqrt(n0 * 10 ** (cn0_dbhz / 10)) + _noise(rng, s.size, n0)).astype(
+        np.complex64
+    )
+
+
+@pytest.mark.parametrize("kind", ["bpsk", "qpsk", "am"])
+@pytest.mark.parametrize("cn0_dbhz", [30, 50, 80])
+def test_modulated_signal_filling_60_percent_keeps_floor_and_power_within_half_a_db(
+    kind: str, cn0_dbhz: float
+) -> None:
+    # Issue 12's target at 10 s captures: 95th percentile within 0.5 dB. Eight trials per
+    # case: the worst of them must be within 0.5 dB (bench/accuracy_dsp.py runs 300).
+    rng = np.random.default_rng(300 + cn0_dbhz + len(kind))
+    n, n0 = round(10 * FS), 1e-7
+    for _ in range(8):
+        centre = rng.uniform(-1900.0, 1900.0)
+        if kind == "am":
+            s = am(rng, n, band_hz=6000.0, centre_hz=centre)
+        else:
+            s = psk(rng, n, order=2 if kind == "bpsk" else 4, band_hz=6000.0, centre_hz=centre)
+        m = measure(at_cn0(rng, s, cn0_dbhz, n0), FS)
+        assert m.detected, m.detection_reason
+        # At 30 dB-Hz an AM's sidebands (0.37 dB of its power) lie 18 dB under the noise
+        # density: no detector sees them, the carrier alone is measured.
+        unseen = 10 * math.log10(1.09) if kind == "am" and cn0_dbhz < 40 else 0.0
+        assert abs(m.noise_floor_dbfs_hz - db(n0)) < 0.5
+        assert abs(m.signal_power_dbfs - db(n0) - cn0_dbhz + unseen) < 0.5
+        assert abs(m.cn0_dbhz - cn0_dbhz + unseen) < 0.5
+        assert m.noise_method == "quiet-bins"
+        if cn0_dbhz >= 50:
+            assert m.modulation == kind
+            # 99 % of a roll-off 0.35 raised cosine 6 kHz wide: ~4.7 kHz
+            assert 4400.0 < m.occupied_bandwidth_hz < 6100.0 or kind == "am"
+
+
+def test_false_detections_on_noise_only_at_most_1_percent() -> None:
+    rng = np.random.default_rng(400)
+    false = sum(
+        measure(_noise(rng, 6000, 1e-7).astype(np.complex64), FS).detected for _ in range(300)
+    )
+    assert false <= 3  # 1 % of 300 (issue 12's target)
+
+
+@pytest.mark.parametrize("kind", ["carrier", "bpsk"])
+def test_detection_at_30_dbhz_in_2s(kind: str) -> None:
+    rng = np.random.default_rng(401)
+    n = round(2 * FS)
+    hits = 0
+    for _ in range(40):
+        if kind == "carrier":
+            s = np.exp(2j * math.pi * rng.uniform(-4000, 4000) / FS * np.arange(n))
+        else:
+            s = psk(rng, n, order=2, band_hz=2000.0, centre_hz=rng.uniform(-3000, 3000))
+        hits += measure(at_cn0(rng, s, 30.0), FS).detected
+    assert hits == 40
+
+
+@pytest.mark.parametrize("kind", ["carrier", "am"])
+def test_cfo_rms_within_1_2_cramer_rao_where_a_carrier_exists(kind: str) -> None:
+    rng = np.random.default_rng(402)
+    n, n0, cn0 = round(FS), 1e-7, 50.0
+    errors, carrier_power = [], 1.0
+    for _ in range(60):
+        f0 = rng.uniform(-3000, 3000)
+        if kind == "carrier":
+            s = np.exp(1j * (2 * math.pi * f0 / FS * np.arange(n) + rng.uniform(0, 6.3)))
+        else:
+            s = am(rng, n, band_hz=2000.0, centre_hz=f0)
+            carrier_power = 1 / 1.09  # 0.3^2 of the power is in the sidebands
+        m = measure(at_cn0(rng, s, cn0, n0), FS)
+        assert m.modulation == kind
+        errors.append(m.frequency_offset_hz - f0)
+    rms = math.sqrt(float(np.mean(np.square(errors))))
+    crb = crb_std_hz(cn0 + db(carrier_power), n)
+    assert rms < 1.2 * crb * 1.25  # 60 trials: the RMS itself scatters ~10 %
+
+
+@pytest.mark.parametrize(("order", "name"), [(2, "bpsk"), (4, "qpsk")])
+def test_suppressed_carrier_is_recovered_by_squaring(order: int, name: str) -> None:
+    rng = np.random.default_rng(403 + order)
+    for centre in (-3700.25, 123.4, 2900.5):  # aliased lines of x^2 / x^4 included
+        s = psk(rng, round(2 * FS), order=order, band_hz=2500.0, centre_hz=centre)
+        m = measure(at_cn0(rng, s, 60.0), FS)
+        assert m.modulation == name
+        assert abs(m.frequency_offset_hz - centre) < 0.5
+
+
+def test_no_carrier_no_offset() -> None:
+    rng = np.random.default_rng(404)
+    n = round(2 * FS)
+    f = np.fft.fftfreq(n, 1 / FS)
+    band = np.fft.ifft(
+        (rng.standard_normal(n) + 1j * rng.standard_normal(n)) * (np.abs(f - 500) < 1500)
+    )
+    m = measure(at_cn0(rng, band / np.sqrt(np.mean(np.abs(band) ** 2)), 60.0), FS)
+    assert m.detected and m.modulation == "unknown" and m.frequency_offset_hz is None
+    assert abs(m.cn0_dbhz - 60.0) < 0.3
+
+
+def test_dc_above_the_carrier_is_measured_and_left_out() -> None:
+    rng = np.random.default_rng(405)
+    x, _ = capture(rng, seconds=2.0, cn0_dbhz=60.0, offset_hz=1000.25)
+    dc = 0.3 * np.exp(0.7j)  # +10 dB over the -20 dBFS carrier
+    m = measure((x + dc).astype(np.complex64), FS)
+    assert abs(m.frequency_offset_hz - 1000.25) < 0.01
+    assert abs(m.dc_dbfs - db(0.09)) < 0.05
+    assert abs(m.signal_power_dbfs - db(AMPLITUDE**2)) < 0.1
+    assert abs(m.cn0_dbhz - 60.0) < 0.3
+    assert m.modulation == "carrier"
+
+
+@pytest.mark.parametrize("offset_hz", [0.37, -1.5, 4.0])
+def test_carrier_next_to_a_dc_offset_is_separated(offset_hz: float) -> None:
+    rng = np.random.default_rng(406)
+    x, _ = capture(rng, seconds=2.0, cn0_dbhz=60.0, offset_hz=offset_hz)
+    m = measure((x + 0.05).astype(np.complex64), FS)  # DC 6 dB under the carrier
+    assert abs(m.frequency_offset_hz - offset_hz) < 0.01
+    assert abs(m.dc_dbfs - db(0.0025)) < 0.2
+    assert abs(m.signal_power_dbfs - db(AMPLITUDE**2)) < 0.1
+
+
+@pytest.mark.parametrize("offset_hz", [4999.0, -4998.5, 4995.0])
+def test_carrier_at_the_passband_edge_keeps_its_power(offset_hz: float) -> None:
+    rng = np.random.default_rng(407)
+    x, _ = capture(rng, seconds=2.0, cn0_dbhz=60.0, offset_hz=offset_hz)
+    m = measure(x, FS)
+    assert abs(m.signal_power_dbfs - db(AMPLITUDE**2)) < 0.1
+    assert abs(m.cn0_dbhz - 60.0) < 0.3
+    assert abs(m.frequency_offset_hz - offset_hz) < 0.01
+    assert m.edge_distance_hz == pytest.approx(5000.0 - abs(offset_hz), abs=3.0)
+
+
+def test_clipping_is_flagged() -> None:
+    rng = np.random.default_rng(408)
+    x, _ = capture(rng, seconds=2.0, cn0_dbhz=60.0, offset_hz=700.0)
+    biggest = np.maximum(np.abs(x.real), np.abs(x.imag))
+    level = float(np.quantile(biggest, 0.25))  # 75 % of the samples reach it
+    clipped = (np.clip(x.real, -level, level) + 1j * np.clip(x.imag, -level, level)).astype(
+        np.complex64
+    )
+    m = measure(clipped, FS)
+    at_rail = np.mean((np.abs(clipped.real) >= level) | (np.abs(clipped.imag) >= level))
+    assert 0.7 < at_rail < 0.8  # ~75 % of the samples have a clipped component
+    assert m.clipped_fraction == pytest.approx(at_rail, abs=1e-6)
+    assert measure(x, FS).clipped_fraction == 0.0
+    assert m.detected and abs(m.frequency_offset_hz - 700.0) < 0.05
+
+
+def test_huge_finite_samples_are_refused_not_nan() -> None:
+    x = np.full(4096, 1e30 + 0j, np.complex64)
+    with pytest.raises(ProcessingError, match=r"samples: a component of magnitude 1e\+30"):
+        measure(x, FS)
+    ok = measure(
+        (np.ones(4096) * 1e5 + _noise(np.random.default_rng(1), 4096, 1.0)).astype(np.complex64), FS
+    )
+    assert all(
+        v is None or not isinstance(v, float) or math.isfinite(v) for v in ok.as_dict().values()
+    )
+
+
+def test_receiver_filter_skirts_are_not_a_signal() -> None:
+    # An empty channel through a receiver's IQ filter rolling off from ~4.6 to ~5.2 kHz:
+    # the noise is lower at the passband edges, which must not make the middle "signal".
+    rng = np.random.default_rng(409)
+    taps = scipy.signal.firwin(301, 4900.0, width=600.0, fs=FS)
+    false = 0
+    for _ in range(100):
+        w = rng.standard_normal(24302) + 1j * rng.standard_normal(24302)
+        x = scipy.signal.lfilter(taps, 1.0, w)[300:].astype(np.complex64)
+        m = measure(x, FS)
+        false += m.detected
+        assert abs(m.noise_floor_dbfs_hz - db(2.0 / FS)) < 0.3
+    assert false <= 2  # issue 12: <= 1 % on noise only (measured ~0.5 % with skirts)
+
+
+def test_gap_welch_equals_scipy_welch_when_every_segment_is_kept() -> None:
+    # the gap path averages scipy.signal.spectrogram's periodograms; with all segments kept
+    # it must be scipy.signal.welch
+    rng = np.random.default_rng(410)
+    x = (rng.standard_normal(20000) + 1j * rng.standard_normal(20000)).astype(np.complex64)
+    keep = np.ones(dsp._segment_count(x.size, 1024), dtype=bool)
+    f1, d1 = dsp._welch(x, FS, 1024)
+    f2, d2 = dsp._welch(x, FS, 1024, keep)
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_allclose(d1, d2, rtol=1e-6)
+
+
+def test_signal_filling_the_passband_is_flagged_as_a_bound() -> None:
+    # rectangular-pulse BPSK: its sinc^2 sidelobes cover the passband, no bin is quiet
+    rng = np.random.default_rng(411)
+    n = round(2 * FS)
+    symbols = rng.choice([-1.0, 1.0], n // 5 + 1).repeat(5)[:n]
+    m = measure(at_cn0(rng, symbols.astype(complex), 90.0), FS)
+    assert m.detected and m.noise_method == "low-quantile"
+    assert "upper bound" in m.detection_reason
+    assert m.cn0_dbhz < 90.0  # a lower bound, never above the truth

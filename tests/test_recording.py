@@ -152,7 +152,7 @@ def test_metadata_content() -> None:
     assert g["core:hw"] == "KiwiSDR 1.801, mini-whip"
     assert re.fullmatch(r"rf-acquisition \S+", g["core:recorder"])
     assert g["core:geolocation"] == {"type": "Point", "coordinates": [5.1214, 52.0907, 12.5]}
-    assert g["core:extensions"] == [{"name": EXTENSION, "version": "0.1.0", "optional": True}]
+    assert g["core:extensions"] == [{"name": EXTENSION, "version": "0.2.0", "optional": True}]
     assert g["rfacq:acquisition_id"] == "acq-2025-03-04T050607Z"
     assert g["rfacq:receiver"] == "kiwi-nl1"
     assert g["rfacq:duration_s"] == 0.512
@@ -307,6 +307,44 @@ def test_measurements_from_dsp_serialise() -> None:
     assert got["sample_count"] == 24000
     assert got["rssi_dbm"] is None
     assert got["cn0_dbhz"] == m.cn0_dbhz
+
+
+def test_new_measurement_fields_are_written_and_sigmf_valid(tmp_path: Path) -> None:
+    from tasks.dsp import measure
+
+    rng = np.random.default_rng(5)
+    noise = (0.01 * (rng.standard_normal(24000) + 1j * rng.standard_normal(24000))).astype(
+        np.complex64
+    )
+    m = measure(noise, FS)  # empty channel: signal fields None, detected False
+    rec = build(noise, measurements=m.as_dict())
+    got = json.loads(rec.meta_bytes)["global"]["rfacq:measurements"]
+    assert got["detected"] is False and got["detection_reason"].startswith("no signal")
+    assert got["cn0_dbhz"] is None and got["frequency_offset_hz"] is None
+    assert got["modulation"] is None and got["noise_method"] == "quiet-bins"
+    assert set(got) >= {"occupied_bandwidth_hz", "clipped_fraction", "dc_dbfs", "edge_distance_hz"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        handle = sigmf.fromfile(write_pair(tmp_path, rec))
+        handle.validate()
+    assert handle.get_global_field("rfacq:measurements")["detected"] is False
+
+
+def test_recording_of_extension_0_1_0_still_loads(tmp_path: Path) -> None:
+    """A recording written before the new measurement fields (rfacq 0.1.0) still reads."""
+    x = samples()
+    rec = build(x, measurements={"power_dbfs": -20.0, "cn0_dbhz": 55.0, "sample_count": x.size})
+    meta = json.loads(rec.meta_bytes)
+    meta["global"]["core:extensions"][0]["version"] = "0.1.0"
+    got, back = read_recording(rec.npy, json.dumps(meta).encode(), name="old")
+    assert same_bits(got, x)
+    assert back["global"]["rfacq:measurements"] == {
+        "power_dbfs": -20.0,
+        "cn0_dbhz": 55.0,
+        "sample_count": x.size,
+    }
+    old = Recording(npy=rec.npy, meta=meta)
+    sigmf.fromfile(write_pair(tmp_path, old)).validate()
 
 
 def test_timing_is_kept_and_checked() -> None:
