@@ -180,7 +180,10 @@ def read_kiwi_wav(
                 raise KiwiWavError(path, f"kiwi chunk of {size} bytes (must be {_KIWI_BODY})")
             lgs, _, sec, nsec = struct.unpack_from("<BBII", body)
             if nsec >= 1_000_000_000:
-                raise KiwiWavError(path, f"kiwi chunk gpsnsec={nsec} is not below 1e9")
+                # One garbled stamp must not cost the recording: it is "no stamp", and
+                # the timing fit works from the others.
+                defect(f"kiwi chunk at byte {pos - 8 - size} has gpsnsec={nsec} (>= 1e9)")
+                lgs, sec, nsec = lgs, 0, 0
             pending = (lgs, sec, nsec)
             kiwi_chunks += 1
         elif cid == b"data":

@@ -137,3 +137,15 @@ def test_station_position_files(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_text("d.bad = struct('coord', [95.0,9.0]);")
     with pytest.raises(KiwiWavError, match="outside"):
         read_station_position(tmp_path / "bad.txt")
+
+
+def test_a_garbled_stamp_is_no_stamp_not_a_lost_file(tmp_path: Path) -> None:
+    samples, st = make()
+    st[17] = FrameStamp(st[17].sample_index, st[17].gpssec, 2_000_000_000, 0)
+    p = write_kiwi_wav(path_in(tmp_path), samples, st, sample_rate_hz=12001.07)
+    w = read_kiwi_wav(p)
+    assert any("gpsnsec=2000000000" in d for d in w.defects), w.defects
+    assert w.stamps[17].gpssec == 0 and w.stamps[17].gpsnsec == 0
+    assert abs(w.timing.t0_ns - T0) <= 100 and w.timing.locked
+    with pytest.raises(KiwiWavError, match="gpsnsec"):
+        read_kiwi_wav(p, strict=True)
