@@ -16,6 +16,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# The layering (pyproject.toml [tool.importlinter]) holds before anything runs.
+.venv/bin/lint-imports
 bash scripts/services.sh install
 bash scripts/services.sh up "$STATE_DIR"
 set -a
