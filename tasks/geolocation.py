@@ -18,10 +18,8 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
-from tasks.kiwisdr.emitter import SPEED_OF_LIGHT, ecef
+from tasks.geodesy import SPEED_OF_LIGHT, ecef, horizontal_distance_m, metres_per_degree
 
-WGS84_A = 6_378_137.0
-WGS84_E2 = 6.694_379_990_14e-3
 CHI2_2D_95 = float(stats.chi2.ppf(0.95, 2))
 
 
@@ -82,38 +80,10 @@ class GeolocationError(ValueError):
     """Too few usable pairs or receivers to fix a position."""
 
 
-def ecef_array(lat_deg: np.ndarray, lon_deg: np.ndarray, alt_m: float | np.ndarray) -> np.ndarray:
-    """Vectorised WGS-84 geodetic -> ECEF (..., 3)."""
-    lat, lon = np.radians(lat_deg), np.radians(lon_deg)
-    n = WGS84_A / np.sqrt(1.0 - WGS84_E2 * np.sin(lat) ** 2)
-    return np.stack(
-        [
-            (n + alt_m) * np.cos(lat) * np.cos(lon),
-            (n + alt_m) * np.cos(lat) * np.sin(lon),
-            (n * (1.0 - WGS84_E2) + alt_m) * np.sin(lat),
-        ],
-        axis=-1,
-    )
-
-
-def metres_per_degree(lat_deg: float) -> tuple[float, float]:
-    """(north metres per degree latitude, east metres per degree longitude) on WGS-84."""
-    lat = math.radians(lat_deg)
-    s2 = math.sin(lat) ** 2
-    m = WGS84_A * (1 - WGS84_E2) / (1 - WGS84_E2 * s2) ** 1.5
-    n = WGS84_A / math.sqrt(1 - WGS84_E2 * s2)
-    return m * math.pi / 180.0, n * math.cos(lat) * math.pi / 180.0
-
-
-def horizontal_distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Straight-line distance between two points on the ellipsoid surface (fine < 1000 km)."""
-    return float(np.linalg.norm(ecef(lat1, lon1, 0.0) - ecef(lat2, lon2, 0.0)))
-
-
 def _model(
     lat: np.ndarray, lon: np.ndarray, alt: float, sites: dict[str, np.ndarray], pairs, speed
 ) -> np.ndarray:
-    p = ecef_array(lat, lon, alt)
+    p = ecef(lat, lon, alt)
     dist = {name: np.linalg.norm(p - xyz, axis=-1) for name, xyz in sites.items()}
     return np.stack([(dist[t.a] - dist[t.b]) / speed for t in pairs], axis=-1)
 

@@ -89,8 +89,8 @@ def _estimate(ax, position: Position) -> None:
 
 def _hyperbolae(ax, sites, position: Position, truth) -> None:
     """Each used pair's measured TDOA as a line (where the model equals the measurement)."""
+    from tasks.geodesy import SPEED_OF_LIGHT, ecef
     from tasks.geolocation import _model
-    from tasks.kiwisdr.emitter import SPEED_OF_LIGHT, ecef
 
     m_lat, m_lon = metres_per_degree(position.latitude)
     half = max(4.0 * position.ellipse_major_m, 2_000.0)

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import signal as ssignal
 
-from tasks.kiwisdr.emitter import SPEED_OF_LIGHT, ecef
+from tasks.geodesy import SPEED_OF_LIGHT, ecef
 
 NS_PER_S = 1_000_000_000
 CARRIER_ONLY = "unmodulated carrier: no time-difference information"

@@ -14,22 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SPEED_OF_LIGHT = 299_792_458.0
-_WGS84_A = 6_378_137.0
-_WGS84_E2 = 6.694_379_990_14e-3
-
-
-def ecef(lat_deg: float, lon_deg: float, alt_m: float) -> np.ndarray:
-    """WGS-84 geodetic position to Earth-centred Cartesian metres."""
-    lat, lon = math.radians(lat_deg), math.radians(lon_deg)
-    n = _WGS84_A / math.sqrt(1.0 - _WGS84_E2 * math.sin(lat) ** 2)
-    return np.array(
-        [
-            (n + alt_m) * math.cos(lat) * math.cos(lon),
-            (n + alt_m) * math.cos(lat) * math.sin(lon),
-            (n * (1.0 - _WGS84_E2) + alt_m) * math.sin(lat),
-        ]
-    )
+from tasks.geodesy import SPEED_OF_LIGHT, ecef
 
 
 def distance_m(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
