@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -380,12 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(result, dict):
         error = {"message": f"ingest failed: {state.message or result}", "ok": 0}
         if as_json:
-            print(json.dumps(error))
+            cli.print_json(error)
         else:
             print(error["message"], file=sys.stderr)
         return 1
     if as_json:
-        print(json.dumps(_finite(result), default=str, allow_nan=False))
+        cli.print_json(cli.json_safe(result))
     else:
         for f in result["files"]:
             if f["status"] == "ok":
@@ -398,17 +396,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"FAILED  {f['error']}")
         print(result["message"])
     return 0 if state.is_completed() else 1
-
-
-def _finite(value: Any) -> Any:
-    """NaN/Inf become null so the JSON is valid for any parser."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ artifact) and a summary dict (``--json`` prints it as one JSON object on stdout)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import math
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -427,16 +425,6 @@ def _markdown(o: LocateOutcome, map_path: Path, png: bytes) -> str:
     return "\n".join(lines)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line; exit 0 when a position was found."""
     p = cli.parser("flows.locate", __doc__)
@@ -460,28 +448,20 @@ def main(argv: list[str] | None = None) -> int:
         help="propagation speed m/s (LF ground wave: a little below c)",
     )
     p.add_argument("--emitter-altitude", dest="emitter_altitude_m", type=float, default=0.0)
-    with contextlib.suppress(argparse.ArgumentError):  # main's flows/cli.py has --json
-        p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = vars(p.parse_args(argv))
     as_json = args.pop("json")
-    if as_json:
-        # stdout carries the JSON object and nothing else: the run writes to stderr
-        # (at the file-descriptor level when flows/cli.py offers it: subprocesses too)
-        fd_redirect = getattr(cli, "stdout_to_stderr", None)
-        with fd_redirect() if fd_redirect else contextlib.redirect_stdout(sys.stderr):
-            state = cli.run_once(locate, **args)
-    else:
-        state = cli.run_once(locate, **args)
+    # With --json, stdout carries the JSON object and nothing else (cli.run_once).
+    state = cli.run_once(locate, json=as_json, **args)
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):
         error = {"message": f"locate failed: {state.message or result}", "ok": False}
         if as_json:
-            print(json.dumps(error))
+            cli.print_json(error)
         else:
             print(error["message"], file=sys.stderr)
         return 1
     if as_json:
-        print(json.dumps(_finite(result), default=str, allow_nan=False))
+        cli.print_json(cli.json_safe(result))
     else:
         for r in result["pairs"]:
             print(
