@@ -18,7 +18,7 @@ import math
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from tasks.storage import FileSystem, recording_key, store_or_spool
 PROCESS_SLOTS = max(2, os.cpu_count() or 2)
 _process_slots = threading.BoundedSemaphore(PROCESS_SLOTS)
 PROCESS_ATTEMPTS = 3
+# Captures at least this long stream to disk as their frames arrive (see AcquisitionRun).
+STREAM_TO_DISK_S = 10.0
 # Up to this many receiver task runs per acquisition; larger networks share them.
 MAX_RECEIVER_TASKS = 16
 
@@ -64,6 +66,10 @@ class AcquisitionRun:
         store_deadline_s: float,
     ) -> None:
         self.acquisition_id = acquisition_id
+        if settings.duration_s >= STREAM_TO_DISK_S and settings.spool_dir is None:
+            # Long captures stream to files as frames arrive: RAM then grows with the
+            # receivers being processed, not with duration x receivers.
+            settings = replace(settings, spool_dir=str(spool / "capturing" / acquisition_id))
         self.settings = settings
         self.barrier = barrier
         self.storage = storage
@@ -100,6 +106,11 @@ async def process_with_retries(
         except Exception as exc:
             raise StageFailed("process", exc, attempt) from exc
     raise AssertionError("unreachable")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """A measurement for a log line; "-" where there is none (nothing detected)."""
+    return "-" if value is None else format(value, spec)
 
 
 def spool_capture(spool: Path, key: str, capture: Capture) -> Path:
@@ -148,16 +159,20 @@ async def acquire_receiver(
             error = f"{exc}; raw samples spooled to {where}"
         except Exception as spool_exc:
             error = f"{exc}; spooling the raw samples failed too: {spool_exc}"
+            log.error("%s: %s", name, error)
+            return ReceiverOutcome(name, "failed", error, attempts)  # its file stays
+        capture.release()
         log.error("%s: %s", name, error)
         return ReceiverOutcome(name, "failed", error, attempts)
-    del capture  # the recording holds the samples now
+    capture.release()  # the recording holds the samples now
     row = processed.row
     log.info(
-        "%s: power %.1f dBFS, SNR %.1f dB, offset %+.2f Hz",
+        "%s: power %s dBFS, SNR %s dB, offset %s Hz%s",
         name,
-        row["power_dbfs"],
-        row["snr_db"],
-        row["frequency_offset_hz"],
+        _fmt(row.get("power_dbfs"), ".1f"),
+        _fmt(row.get("snr_db"), ".1f"),
+        _fmt(row.get("frequency_offset_hz"), "+.2f"),
+        "" if row.get("detected", True) else f" (no signal: {row.get('detection_reason')})",
     )
     try:
         stored = await store_or_spool(

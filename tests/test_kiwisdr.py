@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -823,3 +824,24 @@ def test_start_at_must_be_datetime_or_ns() -> None:
     assert settings(start_at=datetime(2026, 1, 1, tzinfo=UTC)).start_at_ns == (
         1_767_225_600 * NS_PER_S
     )
+
+
+def test_a_capture_streamed_to_disk_equals_the_one_in_memory(
+    network: SimulatedNetwork, tmp_path: Path
+) -> None:
+    """Frames written to a file as they arrive: the samples are a memory map of it, bit
+    exact, lost frames read as zeros, and release() deletes the file."""
+    cap = grab(network, "lossy", settings(spool_dir=str(tmp_path)))
+    assert isinstance(cap.samples, np.memmap)
+    assert cap.spool_path is not None and Path(cap.spool_path).parent == tmp_path
+    assert cap.lost_frames == 2 and cap.gaps == [(2 * N, 1024)]
+    assert not cap.samples[2 * N : 4 * N].any()
+    assert_bit_exact(network, "lossy", cap, RF_HZ)
+    cap.release()
+    assert list(tmp_path.iterdir()) == [] and cap.samples.size == 0
+
+
+def test_a_failed_session_leaves_no_file(network: SimulatedNetwork, tmp_path: Path) -> None:
+    with pytest.raises(StreamDropped):
+        grab(network, "drop", settings(spool_dir=str(tmp_path)))
+    assert list(tmp_path.iterdir()) == []

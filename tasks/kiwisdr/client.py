@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -79,6 +81,9 @@ class CaptureSettings:
     ident: str = "rf-acquisition"
     frame_timeout_s: float = 5.0
     open_timeout_s: float = 10.0
+    # Where frames go as they arrive (a file per session) instead of memory: long
+    # captures of many receivers then cost disk, not RAM. None keeps them in memory.
+    spool_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not (MIN_DURATION_S <= self.duration_s <= MAX_DURATION_S):
@@ -138,10 +143,21 @@ class Capture:
     stamps: list[FrameStamp] = field(default_factory=list)
     # Sample 0 minus the requested start instant (ns); None without a start instant.
     start_offset_ns: int | None = None
+    # The file behind ``samples`` when the capture streamed to disk (see release()).
+    spool_path: str | None = None
 
     @property
     def duration_s(self) -> float:
         return self.samples.size / self.sample_rate
+
+    def release(self) -> None:
+        """Drop the samples; a capture that streamed to disk deletes its file (safe while
+        a memory map of it is still open: the data goes when the last map does)."""
+        self.samples = np.zeros(0, dtype=np.complex64)
+        if self.spool_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.spool_path)
+            self.spool_path = None
 
     @property
     def first_sample_ns(self) -> int | None:
@@ -292,6 +308,7 @@ class _Session:
     ) -> None:
         self.start_instant = start_instant
         self.instant_task: asyncio.Future[int] | None = None
+        self.frames: _MemoryFrames | _FileFrames | None = None
         self.receiver = receiver
         self.settings = settings
         self.password = password or ""
@@ -358,6 +375,8 @@ class _Session:
         finally:
             if self.instant_task is not None and not self.instant_task.done():
                 self.instant_task.cancel()  # the session ended before the instant was set
+            if self.result is None and self.frames is not None:
+                self.frames.discard()  # a failed session leaves no file behind
 
     async def _receive_frames(self, ws: ClientConnection) -> str | None:
         collector: _FrameCollector | None = None
@@ -400,7 +419,9 @@ class _Session:
                         frame.seq,
                         s.start_at_ns,
                         pending=self.start_instant is not None,
+                        frames=_frame_store(s.spool_dir, self.receiver),
                     )
+                    self.frames = collector.iq
                     if self.start_instant is not None:
                         # Tuned and streaming: ask for the instant, keep buffering meanwhile.
                         self.instant_task = asyncio.ensure_future(self.start_instant())
@@ -510,6 +531,7 @@ class _FrameCollector:
         start_ns: int | None,
         *,
         pending: bool = False,
+        frames: _MemoryFrames | _FileFrames | None = None,
     ) -> None:
         self.sample_rate = sample_rate
         self.ns_per_sample = NS_PER_S / sample_rate
@@ -517,7 +539,8 @@ class _FrameCollector:
         self.n_out = self.frames_needed * codec.SAMPLES_PER_FRAME
         self.first_seq = first_seq
         self.start_ns = start_ns
-        self.iq: dict[int, np.ndarray] = {}  # frame number -> complex64 samples
+        # frame number -> complex64 samples, in memory or in a file
+        self.iq: _MemoryFrames | _FileFrames = frames if frames is not None else _MemoryFrames()
         self.meta: dict[int, tuple[int, bool]] = {}  # frame number -> (smeter, overflow)
         self.stamps: list[FrameStamp] = []
         # Host clock's idea of the time of sample 0, from each frame's arrival.
@@ -639,15 +662,8 @@ class _FrameCollector:
         i0 = self._first_index(model)
         n = self.n_out
         k_first, k_last = i0 // 512, (i0 + n - 1) // 512
-        buf = np.zeros((k_last - k_first + 1) * 512, dtype=np.complex64)
-        present: list[int] = []
-        for k in range(k_first, k_last + 1):
-            if k in self.iq:
-                a = (k - k_first) * 512
-                buf[a : a + 512] = self.iq[k]
-                present.append(k)
-        off = i0 - k_first * 512
-        samples = buf[off : off + n]
+        present = [k for k in range(k_first, k_last + 1) if k in self.iq]
+        samples = self.iq.window(i0, n)
         model = model.shifted(i0)
         missing = np.ones(n, dtype=bool)
         for k in present:
@@ -696,7 +712,80 @@ class _FrameCollector:
             timing=model,
             stamps=stamps,
             start_offset_ns=(None if self.start_ns is None else model.t0_ns - self.start_ns),
+            spool_path=self.iq.path,
         )
+
+
+class _MemoryFrames(dict[int, np.ndarray]):
+    """Frames kept in memory: frame number -> 512 complex64 samples."""
+
+    path: str | None = None
+
+    def discard(self) -> None:
+        self.clear()
+
+    def window(self, i0: int, n: int) -> np.ndarray:
+        """Samples ``i0 .. i0+n`` (zeros where frames were lost)."""
+        k_first, k_last = i0 // 512, (i0 + n - 1) // 512
+        buf = np.zeros((k_last - k_first + 1) * 512, dtype=np.complex64)
+        for k in range(k_first, k_last + 1):
+            if k in self:
+                a = (k - k_first) * 512
+                buf[a : a + 512] = self[k]
+        off = i0 - k_first * 512
+        return buf[off : off + n]
+
+
+class _FileFrames:
+    """Frames written to a file as they arrive, each at its own place (frame k at byte
+    k * 512 * 8), so a lost frame is a hole that reads as zeros and the capture window is
+    one contiguous memory map of the file: RAM no longer grows with duration."""
+
+    def __init__(self, path: str) -> None:
+        self.path: str | None = path
+        self._file = open(path, "w+b")  # noqa: SIM115 - closed in window()
+        self._present: set[int] = set()
+
+    def __contains__(self, k: object) -> bool:
+        return k in self._present
+
+    def __setitem__(self, k: int, samples: np.ndarray) -> None:
+        self._file.seek(k * 512 * 8)
+        self._file.write(np.ascontiguousarray(samples, dtype=np.complex64).tobytes())
+        self._present.add(k)
+
+    def pop(self, k: int, default: Any = None) -> Any:
+        """Pruning before the instant: the bytes stay on disk (cheap); the frame is gone."""
+        self._present.discard(k)
+        return default
+
+    def discard(self) -> None:
+        """Close and delete the file (the session failed: nothing to keep)."""
+        if not self._file.closed:
+            self._file.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            self.path = None
+
+    def window(self, i0: int, n: int) -> np.ndarray:
+        """Samples ``i0 .. i0+n`` as a read-only memory map of the file."""
+        end = (i0 + n) * 8
+        self._file.seek(0, os.SEEK_END)
+        if self._file.tell() < end:
+            self._file.truncate(end)  # lost trailing frames read as zeros
+        self._file.close()
+        assert self.path is not None
+        return np.memmap(self.path, dtype=np.complex64, mode="r", offset=i0 * 8, shape=(n,))
+
+
+def _frame_store(spool_dir: str | None, receiver: str) -> _MemoryFrames | _FileFrames:
+    if spool_dir is None:
+        return _MemoryFrames()
+    os.makedirs(spool_dir, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=f"{receiver or 'capture'}-", suffix=".c64", dir=spool_dir)
+    os.close(fd)
+    return _FileFrames(path)
 
 
 def _runs(missing: np.ndarray) -> list[tuple[int, int]]:
