@@ -143,13 +143,15 @@ def build_file_recording(
     wav: KiwiWav, position: StationPosition, acquisition_id: str
 ) -> tuple[Recording, dict[str, Any]]:
     """The recording and measurements row of one decoded file (pure computation)."""
-    from tasks.dsp import measure
+    from tasks.dsp import estimate_passband, measure
     from tasks.process import row_from_metadata
 
     model = wav.timing
     rate = model.sample_rate_hz
-    half = min(5000.0, 0.45 * rate)
-    m = measure(wav.samples, rate, passband_hz=(-half, half))
+    # The file does not say which passband was set (+-500 Hz and +-5 kHz both occur):
+    # measured over the band the spectrum shows, so the stopband is never the noise.
+    passband = estimate_passband(wav.samples, rate)
+    m = measure(wav.samples, rate, passband_hz=passband)
     recording = build_recording(
         wav.samples,
         name=wav.station,
@@ -169,6 +171,8 @@ def build_file_recording(
             "source_file": wav.path.name,
             "nominal_sample_rate": wav.nominal_rate_hz,
             "file_defects": "; ".join(wav.defects),
+            "passband_low_hz": round(passband[0], 1),
+            "passband_high_hz": round(passband[1], 1),
         },
         timing=frame_timing(wav),
         timing_model=model.as_dict(),

@@ -962,3 +962,50 @@ def rssi_dbm(smeter_raw: np.ndarray) -> float:
     if not np.isfinite(values).all():
         raise ProcessingError("smeter_raw: contains NaN/Inf; S-meter values are 0..65535")
     return float(np.median(0.1 * values - 127.0))
+
+
+def estimate_passband(
+    samples: np.ndarray, sample_rate: float, *, default: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """The receiver's IQ passband as the data show it: where the spectrum stands above
+    the filter's stopband, around 0 Hz.
+
+    Imported recordings (kiwirecorder files) do not say which passband the operator set,
+    and real ones come at +-500 Hz as often as at +-5 kHz; measuring a +-500 Hz recording
+    over +-5 kHz would take the stopband for the noise floor. With no visible filter
+    edge (noise fills the band) the answer is ``default`` (+-5 kHz, within Nyquist).
+    """
+    half = 0.45 * sample_rate
+    fallback = default or (-min(5000.0, half), min(5000.0, half))
+    x = np.asarray(samples)
+    if x.size < 4096 or not np.isfinite(sample_rate) or sample_rate <= 0:
+        return fallback
+    nperseg = 1024
+    f, p = scipy.signal.welch(
+        x[: int(min(x.size, 60 * sample_rate))],
+        fs=sample_rate,
+        nperseg=nperseg,
+        return_onesided=False,
+        detrend=False,
+    )
+    order = np.argsort(f)
+    f, p = f[order], p[order]
+    p_db = 10 * np.log10(np.maximum(scipy.signal.medfilt(p, 9), np.finfo(float).tiny))
+    stop = float(np.percentile(p_db, 2))
+    raised = p_db > stop + 10.0
+    if not raised.any() or raised.mean() > 0.9:
+        return fallback  # no stopband in sight: the filter is at least as wide as the data
+    threshold = stop + 0.5 * (float(np.median(p_db[raised])) - stop)
+    centre = int(np.argmin(np.abs(f)))
+    if p_db[centre] <= threshold:
+        return fallback
+    lo = hi = centre
+    while lo > 0 and p_db[lo - 1] > threshold:
+        lo -= 1
+    while hi < f.size - 1 and p_db[hi + 1] > threshold:
+        hi += 1
+    low, high = float(f[lo]), float(f[hi])
+    if high - low < 100.0:
+        return fallback
+    margin = 0.03 * (high - low)  # keep clear of the filter skirts
+    return max(low + margin, -half), min(high - margin, half)

@@ -677,3 +677,32 @@ def test_signal_filling_the_passband_is_flagged_as_a_bound() -> None:
     assert m.detected and m.noise_method == "low-quantile"
     assert "upper bound" in m.detection_reason
     assert m.cn0_dbhz < 90.0  # a lower bound, never above the truth
+
+
+@pytest.mark.parametrize("half_width_hz", [300.0, 500.0, 3000.0])
+def test_the_passband_of_an_imported_recording_is_read_from_its_spectrum(
+    half_width_hz: float,
+) -> None:
+    """kiwirecorder files do not carry the passband: a +-500 Hz recording must not be
+    measured over +-5 kHz (its stopband would pass for the noise floor)."""
+    from tasks.dsp import estimate_passband
+
+    rate = 12001.07
+    rng = np.random.default_rng(5)
+    n = int(20 * rate)
+    x = rng.standard_normal(n) + 1j * rng.standard_normal(n)
+    spec = np.fft.fft(x)
+    f = np.fft.fftfreq(n, 1 / rate)
+    spec[np.abs(f) > half_width_hz] *= 10 ** (-45 / 20)  # the filter's stopband
+    low, high = estimate_passband(np.fft.ifft(spec).astype(np.complex64), rate)
+    assert -half_width_hz <= low < -0.85 * half_width_hz
+    assert 0.85 * half_width_hz < high <= half_width_hz
+
+
+def test_a_recording_filled_with_noise_keeps_the_default_passband() -> None:
+    from tasks.dsp import estimate_passband
+
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(240_000) + 1j * rng.standard_normal(240_000)).astype(np.complex64)
+    assert estimate_passband(x, 12001.07) == (-5000.0, 5000.0)
+    assert estimate_passband(x[:100], 12001.07) == (-5000.0, 5000.0)
