@@ -368,7 +368,6 @@ def main(argv: list[str] | None = None) -> int:
         help="a station's position (repeatable; wins over --gnss-pos)",
     )
     p.add_argument("--strict", action="store_true", help="refuse repairable defects too")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = vars(p.parse_args(argv))
     as_json = args.pop("json")
     try:
