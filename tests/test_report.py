@@ -58,3 +58,17 @@ def test_request_validation_names_field_and_range() -> None:
         with pytest.raises(PlanError, match=match):
             validate_request(freq, duration)
     validate_request(145.5e6, 2.0)
+
+
+def test_spooled_recordings_are_counted_apart_from_failures() -> None:
+    """All recordings in the spool: "0/7 receivers ok (7 spooled)", never "7 failed"; a
+    mixed run counts each kind once."""
+    s = AcquisitionSummary("a1", 145.5e6, 2.0, "2026-11-28T12:00:00+00:00", "s3", "sqlite")
+    s.receivers = [ReceiverOutcome(f"rx{i}", "spooled", error="store failed") for i in range(7)]
+    assert s.message == "0/7 receivers ok (7 spooled)"
+    s.receivers[:3] = [
+        ReceiverOutcome("a", "ok"),
+        ReceiverOutcome("b", "failed", error="capture failed"),
+        ReceiverOutcome("c", "skipped", error="receiver full"),
+    ]
+    assert s.message == "1/7 receivers ok (1 failed, 4 spooled, 1 skipped)"
