@@ -65,6 +65,7 @@ from tasks.report import (
     ReceiverOutcome,
     format_table,
     publish,
+    recordings_folder,
     start_spread_ms,
 )
 from tasks.storage import STORE_DEADLINE_S, spool_folder
@@ -263,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result))
     print()
     print(f"recordings: {result['storage']}")
+    if folder := recordings_folder(result["receivers"]):
+        print(f"            in {folder}")
     print(f"database:   {result['database']}")
     return 0 if state.is_completed() else 1
 
