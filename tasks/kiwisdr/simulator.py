@@ -703,7 +703,7 @@ def kiwirecorder_command(network: SimulatedNetwork, name: str, frequency_hz: flo
     offset = f" -o {rx.freq_offset_khz:g}" if rx.freq_offset_khz else ""
     return (
         f"python3 kiwirecorder.py -s {network.host} -p {network.ports[name]} "
-        f"-f {frequency_hz / 1e3:g}{offset} -m iq --kiwi-wav --tlimit 10 -d data/kiwi-wav"
+        f"-f {frequency_hz / 1e3:g}{offset} -m iq --kiwi-wav --tlimit 10"
     )
 
 
