@@ -515,3 +515,35 @@ def test_an_early_failure_leaves_no_progress_and_names_the_known_tags(
     assert "known tags: 2m, seed" in str(error)
     artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
     assert "acquisition-progress" not in artifacts
+
+
+def test_a_tag_no_saved_receiver_carries_lists_the_known_tags(
+    prefect_server: None, unique: str
+) -> None:
+    """With receiver blocks saved, an unknown tag is an error naming the tags they carry,
+    never a silent switch to the simulated network."""
+    from prefect.client.orchestration import get_client
+
+    from blocks.resolve import resolve_network
+
+    _, receivers = simulated_network(frequency_hz=FREQUENCY_HZ)
+    name = f"tagged-{unique}"
+    receivers[0].save(name, overwrite=True)
+
+    async def go() -> tuple[str, str, str]:
+        try:
+            with pytest.raises(ValueError) as refused:
+                await resolve_network("auto", tag="70cm")
+            return (
+                str(refused.value),
+                await resolve_network("auto", "seed"),
+                (await resolve_network("simulated", "70cm")),
+            )
+        finally:
+            async with get_client() as client:
+                doc = await client.read_block_document_by_name(name, "kiwisdr-receiver")
+                await client.delete_block_document(doc.id)
+
+    error, with_seed_tag, simulated = asyncio.run(go())
+    assert error == "tag='70cm': no saved receiver has this tag; known tags: 2m, seed"
+    assert (with_seed_tag, simulated) == ("blocks", "simulated")
