@@ -54,15 +54,18 @@ def test_help_names_the_rfacq_subcommand() -> None:
 def test_run_once_quiets_the_embedded_server_only_without_an_api(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from flows import cli
 
     for key in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PREFECT_SERVER_LOGGING_LEVEL", "DEBUG")  # the user's own wins
-    cli.quiet_unless_api()
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no API: embedded
+        cli.quiet_unless_api()
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert os.environ["PREFECT_SERVER_LOGGING_LEVEL"] == "DEBUG"
     monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED")
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
-    cli.quiet_unless_api()
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        cli.quiet_unless_api()  # e.g. from the active profile: the user's server
     assert "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ
