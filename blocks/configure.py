@@ -27,6 +27,47 @@ from blocks.storage import minio_bucket_from_settings
 DEFAULT_BLOCK_NAME = "rf-acquisition"
 
 
+class EndpointProblem(RuntimeError):
+    """The storage endpoint could not be used; one line naming the endpoint and why."""
+
+
+def endpoint_problem(exc: BaseException, s3: S3Settings) -> EndpointProblem:
+    """One line for an error of the bucket check: endpoint, bucket and what went wrong,
+    never the secret (the secret key is redacted should a library ever echo it)."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code") or "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied") or (
+            status == 403
+        ):
+            why = f"credentials refused ({code or status}): check RF_S3_ACCESS_KEY/RF_S3_SECRET_KEY"
+        else:
+            why = f"{code or status}: {error.get('Message') or 'no message'}"
+    elif isinstance(exc, EndpointConnectionError | ConnectionClosedError):
+        why = "cannot connect (nothing answers there): check RF_S3_ENDPOINT"
+    elif isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
+        why = "no answer in time: check RF_S3_ENDPOINT"
+    elif isinstance(exc, NoCredentialsError):
+        why = "no credentials: set RF_S3_ACCESS_KEY and RF_S3_SECRET_KEY"
+    else:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        why = f"{type(exc).__name__}: {first}"
+    secret = s3.secret_key.get_secret_value()
+    if secret:
+        why = why.replace(secret, "***")
+    return EndpointProblem(f"storage at {s3.endpoint} (bucket {s3.bucket}): {why}")
+
+
 def load_settings(
     env_file: str | Path | None = None,
 ) -> tuple[S3Settings | None, PostgresSettings | None]:
@@ -50,13 +91,21 @@ def save_from_env(
     s3: S3Settings | None, pg: PostgresSettings | None, name: str = DEFAULT_BLOCK_NAME
 ) -> list[str]:
     """Save the storage and database blocks these settings describe (creating the bucket
-    when it is missing); returns what was saved."""
+    when it is missing); returns what was saved.
+
+    Raises:
+        EndpointProblem: the bucket could not be checked or created (nothing is saved).
+    """
     from tasks.bucket import ensure_bucket  # bucket administration: the one import of tasks/
 
     saved: list[str] = []
     if s3 is not None:
         bucket = minio_bucket_from_settings(s3)
-        if ensure_bucket(bucket):
+        try:
+            created = ensure_bucket(bucket)
+        except Exception as exc:  # a bad name, a dead endpoint, refused credentials
+            raise endpoint_problem(exc, s3) from None
+        if created:
             print(f"storage: created bucket {bucket.bucket_name}", file=sys.stderr)
         bucket.credentials.save(name, overwrite=True)
         bucket.save(name, overwrite=True)
@@ -129,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"from-env: {exc}", file=sys.stderr)
             return 2
         register()
-        saved = save_from_env(s3, pg, args.name)
+        try:
+            saved = save_from_env(s3, pg, args.name)
+        except EndpointProblem as exc:
+            print(f"from-env: {exc}; nothing saved", file=sys.stderr)
+            return 1
         print("saved: " + (", ".join(saved) or "nothing"))
         return 0 if saved else 1
     elif args.command == "remove":

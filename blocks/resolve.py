@@ -150,6 +150,35 @@ async def saved_receivers(tag: str | None = None) -> dict[str, KiwiSDRReceiver]:
     return out
 
 
+def known_tags(receivers: dict[str, KiwiSDRReceiver]) -> str:
+    """The tags these receivers carry, sorted and comma-separated (for error messages)."""
+    tags = sorted({t for r in receivers.values() for t in r.tags})
+    return ", ".join(tags) or "(none: no receiver carries a tag)"
+
+
+async def resolve_network(network: str, tag: str | None = None) -> str:
+    """``"auto"`` -> ``"blocks"`` when receiver blocks are saved, else ``"simulated"``.
+
+    Decided before anything else because a simulated run also changes where ``"auto"``
+    storage and database point (the local defaults, never production). A tag no saved
+    receiver carries is an error listing the tags they do carry, not a silent switch to
+    the simulated network.
+    """
+    if network == "simulated":
+        return network
+    if network not in ("auto", "blocks"):
+        raise ValueError(f"network={network!r}: use 'auto', 'simulated' or 'blocks'")
+    if await saved_receivers(tag):
+        return "blocks"
+    if tag and (saved := await saved_receivers()):
+        raise ValueError(
+            f"tag={tag!r}: no saved receiver has this tag; known tags: {known_tags(saved)}"
+        )
+    if network == "blocks":
+        raise ValueError("network='blocks' but no KiwiSDR Receiver blocks are saved")
+    return "simulated"
+
+
 def select_receivers(
     available: dict[str, KiwiSDRReceiver], names: list[str] | None, tag: str | None
 ) -> dict[str, KiwiSDRReceiver]:
@@ -173,5 +202,7 @@ def select_receivers(
     if tag:
         chosen = {n: r for n, r in chosen.items() if tag in r.tags}
         if not chosen:
-            raise ValueError(f"tag={tag!r}: no receiver has this tag")
+            raise ValueError(
+                f"tag={tag!r}: no receiver has this tag; known tags: {known_tags(available)}"
+            )
     return {n: r for n, r in chosen.items() if r.enabled}

@@ -28,7 +28,13 @@ from prefect_aws import S3Bucket
 from pydantic import Field
 
 from blocks.database import TimescaleDBConnection
-from blocks.resolve import default_data_dir, resolve_database, resolve_storage, select_receivers
+from blocks.resolve import (
+    default_data_dir,
+    resolve_database,
+    resolve_network,
+    resolve_storage,
+    select_receivers,
+)
 from flows import cli
 from tasks.capture import StartBarrier, check_receivers, start_margin_s
 from tasks.kiwisdr.client import MAX_DURATION_S, MIN_DURATION_S, CaptureSettings
@@ -59,6 +65,7 @@ from tasks.report import (
     ReceiverOutcome,
     format_table,
     publish,
+    recordings_folder,
     start_spread_ms,
 )
 from tasks.storage import STORE_DEADLINE_S, spool_folder
@@ -109,9 +116,11 @@ async def acquire(
             network on loopback) or ``"auto"`` (blocks when any are saved).
         storage: an S3Bucket or LocalFileSystem block (the UI offers the saved ones), or
             ``"auto"``, ``"local"`` or ``"<block-type>/<name>"``, e.g.
-            ``"s3-bucket/rf-acquisition"``.
+            ``"s3-bucket/rf-acquisition"``. With the simulated network ``"auto"`` means
+            ``"local"``: simulated data reaches a bucket only when one is named.
         database: a TimescaleDB Connection block, or ``"auto"``, ``"sqlite"`` or
-            ``"timescaledb-connection/<name>"``.
+            ``"timescaledb-connection/<name>"`` (``"auto"`` with the simulated network:
+            ``"sqlite"``). Rows of simulated runs have ``simulated`` set.
         data_dir: folder of the local defaults (default ``$RF_DATA_DIR`` or ``./data``).
         require_gps: skip receivers whose /status shows no GPS fix.
         store_deadline_s: how long one recording may take to store before it is spooled.
@@ -131,9 +140,12 @@ async def acquire(
     validate_request(frequency_hz, duration_s)  # also when called as acquire.fn(...)
     folder = Path(data_dir).resolve() if data_dir else default_data_dir()
     acquisition_id = acquisition_id or str(uuid.uuid4())
-    progress = Progress()
-    await progress.start(f"acquisition {acquisition_id} at {frequency_hz / 1e6:.6f} MHz")
     simulated = SimulatedOptions(simulated_receivers, emitter, modulation)
+    network = await resolve_network(network, tag)  # type: ignore[assignment]
+    is_simulated = network == "simulated"
+    if is_simulated:  # simulated data never goes to a production target by default
+        storage = "local" if storage == "auto" else storage
+        database = "sqlite" if database == "auto" else database
 
     async with contextlib.AsyncExitStack() as stack:
         # 1. plan: receivers, their /status, storage and database
@@ -157,6 +169,10 @@ async def acquire(
             acquisition_id, len(go), len(skipped), margin,
             store_choice.description, db_choice.description,
         )  # fmt: skip
+        # Only now, with the request valid and its targets resolved, does the acquisition
+        # exist: an early failure leaves no progress bar naming an acquisition nowhere.
+        progress = Progress()
+        await progress.start(f"acquisition {acquisition_id} at {frequency_hz / 1e6:.6f} MHz")
         await progress.update(10)
 
         # 2. per receiver, on its own: capture at the common instant -> process -> store
@@ -178,7 +194,7 @@ async def acquire(
         acq, rows = rows_of(
             outcomes, chosen, acquisition_id=acquisition_id, start_at=run.start_at,
             frequency_hz=frequency_hz, duration_s=duration_s,
-            flow_run_id=str(flow_run.id) if flow_run.id else None,
+            flow_run_id=str(flow_run.id) if flow_run.id else None, simulated=is_simulated,
         )  # fmt: skip
         recorded = record_acquisition.submit(
             db_choice.engine, acq, rows, store_choice.block, run.spool
@@ -193,7 +209,8 @@ async def acquire(
     )  # fmt: skip
     await publish(summary)
     await progress.update(100)
-    logger.info("%s\n%s", summary.message, format_table(summary.as_dict()))
+    # The table is in the run's artifacts and the command line prints it; the final
+    # state's message ("N/M receivers ok") is logged by Prefect itself.
     if summary.ok == 0 or summary.record_error:
         return Failed(message=summary.message, data=summary.as_dict())
     return Completed(message=summary.message, data=summary.as_dict())
@@ -209,8 +226,22 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.parser("flows.acquisition", __doc__)
     p.add_argument("--frequency-hz", type=float, default=145_500_000.0)
     p.add_argument("--duration-s", type=float, default=2.0)
-    p.add_argument("--receivers", nargs="*", default=None)
-    p.add_argument("--tag", default=None)
+    p.add_argument(
+        "--receivers",
+        "--receiver",
+        nargs="+",
+        action="extend",
+        default=None,
+        help="receiver names (repeatable; default: all enabled)",
+    )
+    p.add_argument("--tag", default=None, help="only receivers carrying this tag")
+    p.add_argument("--require-gps", action="store_true", help="skip receivers without GPS fix")
+    p.add_argument(
+        "--store-deadline-s",
+        type=float,
+        default=STORE_DEADLINE_S,
+        help="time one recording may take to store before it is spooled (%(default)s)",
+    )
     p.add_argument("--network", choices=["auto", "simulated", "blocks"], default="auto")
     p.add_argument("--simulated-receivers", type=int, default=None, help="simulated network size")
     p.add_argument(
@@ -233,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result))
     print()
     print(f"recordings: {result['storage']}")
+    if folder := recordings_folder(result["receivers"]):
+        print(f"            in {folder}")
     print(f"database:   {result['database']}")
     return 0 if state.is_completed() else 1
 

@@ -11,6 +11,11 @@ reach stdout is a ``print`` in a flow, a library, or a subprocess such as the te
 Prefect server that inherits file descriptor 1. In JSON mode the run therefore happens
 with file descriptor 1 pointed at stderr, and only the summary is written to the real
 stdout afterwards.
+
+Without ``PREFECT_API_URL`` a flow run starts Prefect's temporary embedded server; every
+run through here then gets :func:`flows.command.quiet_embedded_server`'s defaults (no
+telemetry heartbeat racing the migrations of a new PREFECT_HOME, server logs only at
+CRITICAL), the same as ``rfacq``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ def parser(prog: str, description: str | None, *, storage: bool = True) -> argpa
     ``--json`` lands in ``args.json``; :func:`run_once` and :func:`run_and_print` take it
     as a keyword, so ``cli.run_and_print(flow, **vars(args))`` keeps working.
     """
-    p = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    name = os.environ.get("RF_COMMAND_NAME") or f"python -m {prog}"  # `rfacq <command>`
+    p = argparse.ArgumentParser(prog=name, description=description)
     if storage:
         p.add_argument("--storage", default="auto", help="auto | local | <block-type>/<name>")
     p.add_argument(
@@ -66,11 +72,24 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def quiet_unless_api() -> None:
+    """Apply the embedded server's quiet defaults when no API server is configured (a
+    configured server is the user's, and its settings are theirs)."""
+    from prefect.settings import get_current_settings
+
+    from flows.command import quiet_embedded_server
+
+    # The URL may come from the environment or from the active Prefect profile.
+    if not (os.environ.get("PREFECT_API_URL") or get_current_settings().api.url):
+        quiet_embedded_server()
+
+
 def run_once(flow: Callable[..., Any], *, json: bool = False, **parameters: Any) -> Any:
     """Run an async flow to its final state (never raises for a Failed state).
 
     With ``json=True`` nothing reaches stdout during the run (see the module docstring).
     """
+    quiet_unless_api()
     if not json:
         return asyncio.run(flow(**parameters, return_state=True))
     with stdout_to_stderr():

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 from collections import Counter
 from typing import Any
@@ -281,7 +282,7 @@ def _num(value: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command line: run discover once; print the table, or only JSON with ``--json``."""
     p = argparse.ArgumentParser(
-        prog="python -m flows.discover",
+        prog=os.environ.get("RF_COMMAND_NAME") or "python -m flows.discover",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -13,7 +13,6 @@ Run it from its deployment, from Python
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,10 +21,29 @@ from typing import Any
 from prefect import flow
 from prefect.futures import wait
 from prefect.logging import get_run_logger
+from prefect.states import Completed, State
 
 from blocks.resolve import default_data_dir, resolve_database
 from flows import cli
 from tasks.records import enforce_retention
+from tasks.records.retention import RetentionResult
+
+
+def retention_message(result: RetentionResult, older_than_days: int) -> str:
+    """The run's final state message: what went (or would go), in one line."""
+    verb = "would drop" if result.dry_run else "dropped"
+    cutoff = result.cutoff.isoformat(timespec="seconds")
+    if result.mode == "retention_policy":
+        return (
+            f"retention policy job {result.policy_job_id} drops measurement chunks older "
+            f"than {older_than_days} days"
+        )
+    if result.mode == "drop_chunks":
+        n = len(result.dropped_chunks)
+        return f"{verb} {n} measurement chunk{'s' if n != 1 else ''} older than {cutoff}"
+    n = result.deleted_rows or 0
+    verb = "would delete" if result.dry_run else "deleted"
+    return f"{verb} {n} measurement row{'s' if n != 1 else ''} older than {cutoff}"
 
 
 @flow(name="retention", description="Drop measurement rows (chunks) older than N days.")
@@ -35,7 +53,7 @@ async def retention(
     data_dir: str | None = None,
     dry_run: bool = False,
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> State[dict[str, Any]]:
     """Remove measurement rows older than ``older_than_days``.
 
     Args:
@@ -47,6 +65,8 @@ async def retention(
         now: reference instant, timezone-aware (default: now); for backfills and tests.
 
     Returns:
+        A Completed state whose message says what was dropped (e.g. "dropped 3
+        measurement chunks older than 2025-11-29T00:00:00+00:00") and whose result holds
         ``mode`` ("drop_chunks", "retention_policy" or "delete"), ``cutoff`` (ISO),
         ``dropped_chunks`` (chunk names), ``deleted_rows`` (SQLite/plain PostgreSQL),
         ``policy_job_id`` (TSL license) and ``dry_run``.
@@ -71,16 +91,18 @@ async def retention(
         result = future.result()
     finally:
         choice.engine.dispose()
-    return {**result.as_dict(), "database": choice.description}
+    message = retention_message(result, older_than_days)
+    data = {**result.as_dict(), "database": choice.description, "message": message}
+    return Completed(message=f"{message} in {choice.description}", data=data)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser("flows.maintenance", __doc__, storage=False)
     p.add_argument("--older-than-days", type=int, default=365)
     p.add_argument("--dry-run", action="store_true")
-    state = cli.run_once(retention, **vars(p.parse_args(argv)))
-    print(json.dumps(state.result(raise_on_failure=False), indent=2, default=str))
-    return 0 if state.is_completed() else 1
+    args = vars(p.parse_args(argv))
+    as_json = args.pop("json")
+    return cli.finish(cli.run_once(retention, json=as_json, **args), json=as_json)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,14 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--data-dir", type=Path, default=None, help="folder of the SQLite default")
     common.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    common.add_argument("--receiver", action="append", help="only this receiver (repeatable)")
+    common.add_argument(
+        "--receiver",
+        "--receivers",
+        dest="receiver",
+        nargs="+",
+        action="extend",
+        help="only these receivers (repeatable)",
+    )
     common.add_argument("--end", type=_utc_instant, help="end of the window (default: now)")
     sub = p.add_subparsers(dest="command", required=True)
     latest = sub.add_parser("latest", parents=[common], help="the newest row of each receiver")

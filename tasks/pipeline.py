@@ -40,6 +40,7 @@ from tasks.kiwisdr.client import Capture, CaptureSettings
 from tasks.process import process_capture
 from tasks.reconcile import save_manifest
 from tasks.records import is_transient_db_error, record, retry_transient_db
+from tasks.records.tasks import record_run_name
 from tasks.report import ReceiverOutcome
 from tasks.storage import FileSystem, recording_key, store_or_spool
 
@@ -300,9 +301,11 @@ def measurement_row(
     acquisition_id: str,
     start_at: datetime,
     frequency_hz: float,
+    simulated: bool = False,
 ) -> dict[str, Any]:
     """The database row of one outcome. Spooled recordings are ``failed`` rows (they point
-    at no object until reconcile uploads them and turns the row ok)."""
+    at no object until reconcile uploads them and turns the row ok). ``simulated`` marks
+    samples from the simulator, so they are never mistaken for the sky."""
     status = "failed" if outcome.status == "spooled" else outcome.status
     if outcome.row is not None:
         return {
@@ -311,8 +314,10 @@ def measurement_row(
             "status": status,
             "error": outcome.error,
             "object_key": outcome.object_key,
+            "simulated": simulated,
         }
     return {
+        "simulated": simulated,
         "time": start_at,
         "acquisition_id": acquisition_id,
         "receiver": outcome.receiver,
@@ -333,8 +338,10 @@ def acquisition_row(
     start_at: datetime,
     rows: Sequence[dict[str, Any]],
     flow_run_id: str | None,
+    simulated: bool = False,
 ) -> dict[str, Any]:
     return {
+        "simulated": simulated,
         "id": acquisition_id,
         "frequency_hz": frequency_hz,
         "duration_s": duration_s,
@@ -358,6 +365,7 @@ RECORD_RETRIES = 3
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_transient_db,
     cache_policy=NO_CACHE,
+    task_run_name=record_run_name,
 )
 async def record_acquisition(
     engine: Engine,
@@ -396,8 +404,10 @@ def rows_of(
     frequency_hz: float,
     duration_s: float,
     flow_run_id: str | None,
+    simulated: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The acquisition row and one measurement row per outcome."""
+    """The acquisition row and one measurement row per outcome, all marked ``simulated``
+    (True for the simulator's samples, False for real receivers)."""
     rows = [
         measurement_row(
             o,
@@ -405,11 +415,12 @@ def rows_of(
             acquisition_id=acquisition_id,
             start_at=start_at,
             frequency_hz=frequency_hz,
+            simulated=simulated,
         )
         for o in outcomes
     ]
     acquisition = acquisition_row(
-        acquisition_id, frequency_hz, duration_s, start_at, rows, flow_run_id
+        acquisition_id, frequency_hz, duration_s, start_at, rows, flow_run_id, simulated
     )
     return acquisition, rows
 

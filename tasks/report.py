@@ -133,8 +133,32 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec)
 
 
-def table_rows(receivers: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """One text row per receiver, from the summary's receivers (:meth:`ReceiverOutcome.brief`)."""
+def recordings_folder(receivers: list[dict[str, Any]]) -> str | None:
+    """The folder (or bucket prefix) every stored recording of a summary shares, ending in
+    ``/``; None with fewer than two. A terminal table then names files, not seven copies
+    of one long path."""
+    locations = [r["location"] for r in receivers if r.get("location")]
+    if len(locations) < 2:
+        return None
+    common: list[str] = []
+    for parts in zip(*(loc.split("/")[:-1] for loc in locations), strict=False):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    folder = "/".join(common)
+    return f"{folder}/" if folder.strip("/") else None
+
+
+def table_rows(receivers: list[dict[str, Any]], folder: str | None = None) -> list[dict[str, str]]:
+    """One text row per receiver, from the summary's receivers (:meth:`ReceiverOutcome.brief`);
+    recordings relative to ``folder`` when given."""
+
+    def recording(r: dict[str, Any]) -> str:
+        location = r.get("location")
+        if location and folder and location.startswith(folder):
+            return location[len(folder) :]
+        return location or (r.get("error") or "-")
+
     return [
         {
             "receiver": r["receiver"],
@@ -142,7 +166,7 @@ def table_rows(receivers: list[dict[str, Any]]) -> list[dict[str, str]]:
             "snr_db": _fmt(r.get("snr_db"), ".1f"),
             "frequency_offset_hz": _fmt(r.get("frequency_offset_hz"), "+.2f"),
             "samples": "-" if r.get("sample_count") is None else str(r["sample_count"]),
-            "recording": r.get("location") or (r.get("error") or "-"),
+            "recording": recording(r),
         }
         for r in receivers
     ]
@@ -150,8 +174,9 @@ def table_rows(receivers: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def format_table(summary: dict[str, Any]) -> str:
     """Plain-text table for terminals, one line per receiver, from ``summary.as_dict()``
-    (what the flow returns), so a CLI can print a finished run's result as it is."""
-    rows = table_rows(summary["receivers"])
+    (what the flow returns), so a CLI can print a finished run's result as it is. The
+    recordings are named relative to :func:`recordings_folder`, which the caller prints."""
+    rows = table_rows(summary["receivers"], recordings_folder(summary["receivers"]))
     headers = ["receiver", "status", "SNR dB", "offset Hz", "samples", "recording / error"]
     keys = ["receiver", "status", "snr_db", "frequency_offset_hz", "samples", "recording"]
     widths = [

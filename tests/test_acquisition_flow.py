@@ -406,3 +406,144 @@ def test_blocks_are_flow_parameters(prefect_server: None, tmp_path: Path) -> Non
     assert state.result()["storage"] == f"local folder {elsewhere}"
     assert len(list(elsewhere.rglob("*.npy"))) == 7
     assert not (tmp_path / "recordings").exists()
+
+
+def test_first_run_prints_no_traceback_and_one_table(tmp_path: Path) -> None:
+    """``make run`` on a fresh clone: a brand-new PREFECT_HOME (the embedded server's
+    telemetry heartbeat used to race its migrations and log a traceback), no API URL. The
+    output has no Traceback or ERROR, the result table once, and where the data went."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "RF_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "flows", "acquire", "--network", "simulated", "--duration-s", "0.3"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert "ERROR" not in output, output[-3000:]
+    assert output.count("recording / error") == 1  # the table's header: one table
+    assert done.stdout.count("7/7 receivers ok") == 1
+    assert f"recordings: local folder {tmp_path / 'recordings'}" in done.stdout
+    assert f"database:   SQLite {tmp_path / 'rf_acquisition.db'}" in done.stdout
+
+
+def test_simulated_runs_stay_local_and_are_marked(
+    prefect_server: None, tmp_path: Path, unique: str
+) -> None:
+    """With production blocks saved, a simulated run with storage/database "auto" still
+    writes to the local folder and SQLite, and its rows say ``simulated``; the record task
+    run is named after the acquisition."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from blocks.configure import DEFAULT_BLOCK_NAME, remove_saved
+    from blocks.database import TimescaleDBConnection
+    from blocks.storage import minio_bucket
+
+    # "Production": a bucket and a database nobody answers for; using them would fail.
+    minio_bucket(
+        endpoint_url="http://127.0.0.1:9", access_key="k", secret_key="s", bucket="prod"
+    ).save(DEFAULT_BLOCK_NAME, overwrite=True)
+    TimescaleDBConnection(host="127.0.0.1", port=9, database="prod", user="u").save(
+        DEFAULT_BLOCK_NAME, overwrite=True
+    )
+    try:
+        state = run(duration_s=0.3, network="simulated", data_dir=str(tmp_path))
+    finally:
+        asyncio.run(remove_saved(DEFAULT_BLOCK_NAME))
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["storage"] == f"local folder {tmp_path / 'recordings'}"
+    assert summary["database"] == f"SQLite {tmp_path / 'rf_acquisition.db'}"
+    engine = sqlite_engine(tmp_path / "rf_acquisition.db")
+    rows = measurements_for(engine, summary["acquisition_id"])
+    assert len(rows) == 7 and all(r["simulated"] in (True, 1) for r in rows)
+    with engine.connect() as conn:
+        flag = conn.execute(text("SELECT simulated FROM acquisitions")).scalar_one()
+    assert flag in (True, 1)
+
+    async def task_names() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+                )
+            )
+        return [r.name for r in runs]
+
+    assert f"record-{summary['acquisition_id'][:8]}" in asyncio.run(task_names())
+
+
+def test_real_receivers_rows_are_not_simulated() -> None:
+    """Rows of saved receiver blocks say ``simulated=False`` (not NULL)."""
+    from datetime import UTC, datetime
+
+    from tasks.pipeline import rows_of
+    from tasks.report import ReceiverOutcome
+
+    _, receivers = simulated_network(frequency_hz=FREQUENCY_HZ)
+    by_name = {receiver_name(r): r for r in receivers}
+    outcomes = [ReceiverOutcome(n, "skipped", "down") for n in by_name]
+    for simulated in (False, True):
+        acq, rows = rows_of(
+            outcomes, by_name, acquisition_id="0" * 32, start_at=datetime.now(UTC),
+            frequency_hz=FREQUENCY_HZ, duration_s=1.0, flow_run_id=None, simulated=simulated,
+        )  # fmt: skip
+        assert acq["simulated"] is simulated
+        assert [r["simulated"] for r in rows] == [simulated] * 7
+
+
+def test_an_early_failure_leaves_no_progress_and_names_the_known_tags(
+    prefect_server: None, tmp_path: Path
+) -> None:
+    """An unknown tag fails before the acquisition exists: the error lists the tags the
+    receivers carry, and the run has no progress artifact."""
+    state = run(duration_s=0.3, network="simulated", tag="no-such-tag", data_dir=str(tmp_path))
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert "tag='no-such-tag'" in str(error)
+    assert "known tags: 2m, seed" in str(error)
+    artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
+    assert "acquisition-progress" not in artifacts
+
+
+def test_a_tag_no_saved_receiver_carries_lists_the_known_tags(
+    prefect_server: None, unique: str
+) -> None:
+    """With receiver blocks saved, an unknown tag is an error naming the tags they carry,
+    never a silent switch to the simulated network."""
+    from prefect.client.orchestration import get_client
+
+    from blocks.resolve import resolve_network
+
+    _, receivers = simulated_network(frequency_hz=FREQUENCY_HZ)
+    name = f"tagged-{unique}"
+    receivers[0].save(name, overwrite=True)
+
+    async def go() -> tuple[str, str, str]:
+        try:
+            with pytest.raises(ValueError) as refused:
+                await resolve_network("auto", tag="70cm")
+            return (
+                str(refused.value),
+                await resolve_network("auto", "seed"),
+                (await resolve_network("simulated", "70cm")),
+            )
+        finally:
+            async with get_client() as client:
+                doc = await client.read_block_document_by_name(name, "kiwisdr-receiver")
+                await client.delete_block_document(doc.id)
+
+    error, with_seed_tag, simulated = asyncio.run(go())
+    assert error == "tag='70cm': no saved receiver has this tag; known tags: 2m, seed"
+    assert (with_seed_tag, simulated) == ("blocks", "simulated")

@@ -214,3 +214,52 @@ def test_simulated_noise_follows_the_noise_figure() -> None:
     assert SimulatedReceiver("y", 45.0, 7.0, noise_density_dbfs_hz=-99.0).noise_density == -99.0
     network, _ = simulated_network()
     assert network.truth("torino", 145.5e6).noise_density_dbfs_hz == pytest.approx(-104.0)
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9", "http://127.0.0.1:1"])
+def test_from_env_with_a_dead_endpoint_ends_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    endpoint: str,
+) -> None:  # fmt: skip
+    """No botocore traceback: one line naming the endpoint and the problem, never the
+    secret, and nothing saved."""
+    monkeypatch.setattr(blocks.configure, "register", lambda: None)
+    saved: list[str] = []
+    monkeypatch.setattr(
+        "prefect.blocks.core.Block.save", lambda self, name, **kw: saved.append(name)
+    )
+    env_file = tmp_path / "env"
+    env_file.write_text(
+        f"RF_S3_ENDPOINT={endpoint}\nRF_S3_ACCESS_KEY=AK\n"
+        "RF_S3_SECRET_KEY=very-secret-key\nRF_S3_BUCKET=rf-acquisition\n"
+    )
+    for key in _PG:
+        monkeypatch.delenv(key, raising=False)
+    assert configure_main(["from-env", "--env-file", str(env_file)]) == 1
+    err = capsys.readouterr().err
+    problem = [line for line in err.splitlines() if line.startswith("from-env:")]
+    assert problem == [
+        f"from-env: storage at {endpoint} (bucket rf-acquisition): cannot connect "
+        "(nothing answers there): check RF_S3_ENDPOINT; nothing saved"
+    ]
+    assert "Traceback" not in err and "very-secret-key" not in err
+    assert saved == []
+
+
+@pytest.mark.integration
+def test_from_env_with_wrong_credentials_ends_in_one_line(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(blocks.configure, "register", lambda: None)
+    monkeypatch.setattr("prefect.blocks.core.Block.save", lambda self, name, **kw: None)
+    for key in _PG:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {**s3_env, "RF_S3_SECRET_KEY": "wrong-secret-key"}.items():
+        if key.startswith("RF_S3_"):
+            monkeypatch.setenv(key, value)
+    assert configure_main(["from-env"]) == 1
+    err = capsys.readouterr().err
+    endpoint = s3_env["RF_S3_ENDPOINT"]
+    assert f"from-env: storage at {endpoint} (bucket " in err
+    assert "credentials refused" in err and "; nothing saved" in err
+    assert "Traceback" not in err and "wrong-secret-key" not in err

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -845,3 +846,63 @@ def test_a_failed_session_leaves_no_file(network: SimulatedNetwork, tmp_path: Pa
     with pytest.raises(StreamDropped):
         grab(network, "drop", settings(spool_dir=str(tmp_path)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_noise_table_is_built_before_the_first_stream() -> None:
+    """Built in start(), not on the event loop at the first stream (which held up every
+    receiver's first frames ~100 ms): the first frame costs a frame, not a table."""
+    from tasks.kiwisdr.network import simulated_network
+
+    network, _ = simulated_network(frequency_hz=145.5e6)
+    with network:
+        assert network._noise is not None  # ready before any client connects
+        name = next(iter(network.receivers))
+        t0 = time.perf_counter()
+        network.frame_iq(name, 0, 145.5e6)
+        first_s = time.perf_counter() - t0
+    assert first_s < 0.01, f"first frame took {first_s * 1e3:.1f} ms"
+
+
+def test_standalone_simulator_writes_the_receivers_file(tmp_path: Any) -> None:
+    """``--write-receivers FILE`` writes a file ``blocks.configure receivers`` accepts,
+    pointing at the simulator; the printed kiwirecorder line passes the down-converter
+    offset (-o 116000), without which -f 145500 is outside a KiwiSDR's 0-30 MHz."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from blocks.receiver import load_receiver_file, receiver_name
+
+    target = tmp_path / "receivers.json"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.kiwisdr.simulator", "--base-port", "0",
+         "--write-receivers", str(target)],
+        cwd=root, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if line.strip() == "READY":
+                break
+        urls = dict(line.split(" ", 1) for line in lines[:7])
+        receivers = load_receiver_file(target)
+        assert {receiver_name(r): r.url for r in receivers} == urls
+        assert all(r.freq_offset_khz == 116000 for r in receivers)
+        status = fetch_status_text(urls["torino"])
+        assert "name=torino (simulated)" in status
+        (command,) = [line for line in lines if line.startswith("kiwirecorder: ")]
+        port = urls[lines[0].split()[0]].rsplit(":", 1)[1]
+        assert f"-s 127.0.0.1 -p {port} -f 145500 -o 116000 -m iq --kiwi-wav" in command
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def fetch_status_text(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/status", timeout=5) as response:
+        return response.read().decode()

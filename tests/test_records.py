@@ -1007,6 +1007,15 @@ def test_retention_flow_on_the_embedded_default(prefect_server: None, tmp_path: 
     )
     assert (result["mode"], result["deleted_rows"]) == ("delete", 2)
     assert _remaining(sqlite_engine(tmp_path / "rf_acquisition.db")) == ["3.25d", "1d"]
+    # The run ends with a state message saying what went (the UI's run list shows it).
+    state = asyncio.run(
+        retention(
+            older_than_days=1, database="sqlite", data_dir=str(tmp_path), now=NOW,
+            return_state=True,
+        )
+    )  # fmt: skip
+    cutoff = (NOW - timedelta(days=1)).isoformat(timespec="seconds")
+    assert state.message.startswith(f"deleted 1 measurement row older than {cutoff} in SQLite")
 
 
 def test_retention_refuses_a_non_positive_age(tmp_path: Path) -> None:

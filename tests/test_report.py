@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.report import AcquisitionSummary, ReceiverOutcome, format_table, sparkline
+from tasks.report import (
+    AcquisitionSummary,
+    ReceiverOutcome,
+    format_table,
+    recordings_folder,
+    sparkline,
+)
 
 
 def test_sparkline_marks_the_carrier_bin() -> None:
@@ -58,3 +64,32 @@ def test_request_validation_names_field_and_range() -> None:
         with pytest.raises(PlanError, match=match):
             validate_request(freq, duration)
     validate_request(145.5e6, 2.0)
+
+
+def test_spooled_recordings_are_counted_apart_from_failures() -> None:
+    """All recordings in the spool: "0/7 receivers ok (7 spooled)", never "7 failed"; a
+    mixed run counts each kind once."""
+    s = AcquisitionSummary("a1", 145.5e6, 2.0, "2026-11-28T12:00:00+00:00", "s3", "sqlite")
+    s.receivers = [ReceiverOutcome(f"rx{i}", "spooled", error="store failed") for i in range(7)]
+    assert s.message == "0/7 receivers ok (7 spooled)"
+    s.receivers[:3] = [
+        ReceiverOutcome("a", "ok"),
+        ReceiverOutcome("b", "failed", error="capture failed"),
+        ReceiverOutcome("c", "skipped", error="receiver full"),
+    ]
+    assert s.message == "1/7 receivers ok (1 failed, 4 spooled, 1 skipped)"
+
+
+def test_the_table_names_recordings_inside_their_shared_folder() -> None:
+    folder = "s3://rf/acquisitions/2026/11/29/a1/"
+    receivers = [
+        ReceiverOutcome("torino", "ok", location=f"{folder}torino.npy").brief(),
+        ReceiverOutcome("genova", "ok", location=f"{folder}genova.npy").brief(),
+        ReceiverOutcome("coazze", "failed", error="capture failed").brief(),
+    ]
+    assert recordings_folder(receivers) == folder
+    summary = {"receivers": receivers}
+    lines = format_table(summary).splitlines()
+    assert lines[2].split()[-1] == "torino.npy" and lines[3].split()[-1] == "genova.npy"
+    assert lines[4].rstrip().endswith("capture failed")
+    assert recordings_folder(receivers[:1]) is None  # one recording: its full location

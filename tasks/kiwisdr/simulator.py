@@ -7,7 +7,9 @@ from :mod:`tasks.kiwisdr.emitter` plus thermal noise, so what the client records
 checked against ground truth. Faults are injected per receiver to exercise every error
 path of the client and the flow.
 
-Run standalone: ``python -m tasks.kiwisdr.simulator --network seed --base-port 8073``.
+Run standalone: ``python -m tasks.kiwisdr.simulator --network seed --base-port 8073``
+(``--write-receivers FILE`` writes the receiver file that points blocks at it; it prints a
+kiwirecorder command line that works against it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from http import HTTPStatus
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -187,7 +192,12 @@ class SimulatedNetwork:
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> SimulatedNetwork:
-        """Start serving; returns once every port is listening."""
+        """Start serving; returns once every port is listening.
+
+        The noise table is built here, in the caller's thread: built lazily on the event
+        loop at the first stream, it held up every receiver's first frames (~100 ms).
+        """
+        self.noise_table()
         ready = threading.Event()
         errors: list[BaseException] = []
 
@@ -297,25 +307,30 @@ class SimulatedNetwork:
             source = self._sources[key] = self._make_source(name, frequency_hz, passband_hz)
         return source.frame(sample_index)
 
+    def noise_table(self) -> np.ndarray:
+        """One shared table of unit normals; each frame reads a window at a hashed offset.
+
+        Drawing fresh normals per frame cost ~4x the rest of a frame, and the capacity
+        target (200 real-time receivers on < 1 core) needs it cheap.
+        """
+        if self._noise is None:
+            rng = np.random.default_rng(self.seed)
+            self._noise = rng.standard_normal((_NOISE_TABLE, 2)).astype(np.float32)
+        return self._noise
+
     def _make_source(
         self, name: str, frequency_hz: float, passband_hz: tuple[float, float] | None
     ) -> _FrameSource:
         rx = self.receivers[name]
         truth = self.truth(name, frequency_hz)
         low, high = passband_hz or (-rx.true_sample_rate / 2, rx.true_sample_rate / 2)
-        if self._noise is None:
-            # One shared table of unit normals; each frame reads a window at a hashed
-            # offset. Drawing fresh normals per frame cost ~4x the rest of a frame, and
-            # the capacity target (200 real-time receivers on < 1 core) needs it cheap.
-            rng = np.random.default_rng(self.seed)
-            self._noise = rng.standard_normal((_NOISE_TABLE, 2)).astype(np.float32)
         return _FrameSource(
             emitter=self.emitter,
             truth=truth,
             in_band=low <= truth.frequency_offset_hz <= high,
             sample_rate=rx.true_sample_rate,
             sigma=math.sqrt(10.0 ** (rx.noise_density / 10.0) * rx.true_sample_rate / 2.0),
-            noise=self._noise,
+            noise=self.noise_table(),
             stream=(self.seed << 20) ^ list(self.receivers).index(name),
         )
 
@@ -666,14 +681,52 @@ def _unused_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def receivers_document(network: SimulatedNetwork, receivers: list[Any]) -> dict[str, Any]:
+    """The receiver file (``blocks.configure receivers FILE``) of a started network: each
+    receiver as configured, with the URL it is served on."""
+    entries = []
+    for rx in receivers:
+        name = rx._block_document_name or ""
+        entry = rx.model_dump(mode="json", exclude={"password"})
+        if rx.password is not None:
+            entry["password"] = rx.password.get_secret_value()
+        entries.append({"name": name, **entry, "url": network.url(name)})
+    return {"receivers": entries}
+
+
+def kiwirecorder_command(network: SimulatedNetwork, name: str, frequency_hz: float) -> str:
+    """A kiwirecorder command line that records IQ from receiver ``name`` at RF
+    ``frequency_hz``. Behind a down-converter the KiwiSDR tunes RF minus its offset, so
+    ``-o`` passes the offset (kHz); ``-f`` alone at the RF frequency would tune outside
+    the 0-30 MHz the receiver covers."""
+    rx = network.receivers[name]
+    offset = f" -o {rx.freq_offset_khz:g}" if rx.freq_offset_khz else ""
+    return (
+        f"python3 kiwirecorder.py -s {network.host} -p {network.ports[name]} "
+        f"-f {frequency_hz / 1e3:g}{offset} -m iq --kiwi-wav --tlimit 10"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve a simulated network until interrupted (for kiwiclient or manual testing)."""
+    import json
+
     from tasks.kiwisdr.network import simulated_network
 
-    parser = argparse.ArgumentParser(description="Serve simulated KiwiSDR receivers.")
+    parser = argparse.ArgumentParser(
+        prog=os.environ.get("RF_COMMAND_NAME") or "python -m tasks.kiwisdr.simulator",
+        description="Serve simulated KiwiSDR receivers on loopback until interrupted.",
+    )
     parser.add_argument("--network", default="seed", help="'seed' or a receiver YAML/JSON file")
     parser.add_argument("--base-port", type=int, default=8073, help="0: any free ports")
     parser.add_argument("--count", type=int, default=None, help="repeat receivers up to N")
+    parser.add_argument(
+        "--write-receivers",
+        metavar="FILE",
+        default=None,
+        help="write the receiver file (JSON) pointing at this simulator, for "
+        "`python -m blocks.configure receivers FILE`",
+    )
     args = parser.parse_args(argv)
     path = None if args.network == "seed" else args.network
     network, receivers = simulated_network(path, count=args.count)
@@ -688,6 +741,12 @@ def main(argv: list[str] | None = None) -> None:
     with network:
         for name in network.receivers:
             print(f"{name} {network.url(name)}", flush=True)
+        if args.write_receivers:
+            target = Path(args.write_receivers)
+            target.write_text(json.dumps(receivers_document(network, receivers), indent=1))
+            print(f"receivers file: {target} (python -m blocks.configure receivers {target})")
+        first = next(iter(network.receivers))
+        print(f"kiwirecorder: {kiwirecorder_command(network, first, network.emitter.frequency_hz)}")
         print("READY", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:

@@ -14,12 +14,19 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.runtime import task_run as runtime_task_run
 from prefect.tasks import exponential_backoff
 from sqlalchemy import Engine
 
 from tasks.records.retention import RetentionResult, drop_old_measurements
 from tasks.records.transience import retry_transient_db
 from tasks.records.write import write_acquisition
+
+
+def record_run_name() -> str:
+    """``record-<first 8 hex digits of the acquisition id>`` (not Prefect's ``record-848``)."""
+    acquisition = runtime_task_run.parameters.get("acquisition") or {}
+    return f"record-{str(acquisition.get('id', ''))[:8] or 'acquisition'}"
 
 
 @task(
@@ -29,6 +36,7 @@ from tasks.records.write import write_acquisition
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_transient_db,
     cache_policy=NO_CACHE,
+    task_run_name=record_run_name,
 )
 def record(
     engine: Engine, acquisition: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]
