@@ -17,8 +17,9 @@ venv: $(STAMP)
 
 # The command line quiets the embedded Prefect server itself (flows/cli.py); simulated
 # receivers store in ./data and SQLite unless a target is named.
+# A raised-cosine BPSK emitter: a locatable signal (a bare carrier has no time information).
 run: $(STAMP)
-	$(PY) -m flows acquire --network simulated --duration-s 2
+	$(PY) -m flows acquire --network simulated --duration-s 2 --modulation rrc-bpsk --locate
 
 test: $(STAMP)
 	bash scripts/test.sh $(PYTEST_ARGS)

@@ -104,6 +104,7 @@ async def acquire(
     modulation: str | None = None,
     acquisition_id: AcquisitionId | None = None,
     start_ns: StartNs | None = None,
+    locate: bool = False,
 ) -> State[dict[str, Any]]:
     """One synchronised acquisition.
 
@@ -131,6 +132,8 @@ async def acquire(
             ``acquire-sharded``: every shard records its rows under the same id).
         start_ns: the common instant, integer ns since 1970, chosen by whoever started
             the shards (default: set when this run's captures are ready).
+        locate: after recording, position the transmitter from this acquisition (the
+            ``locate`` flow, as a subflow); a simulated run is scored against its emitter.
 
     Returns:
         A Completed state saying "N/M receivers ok" whose result is the summary dict, or a
@@ -180,7 +183,7 @@ async def acquire(
         run = AcquisitionRun(
             acquisition_id, settings,
             StartBarrier.at(start_ns) if start_ns else StartBarrier(len(go), margin),
-            store_choice.block, spool_folder(folder), store_deadline_s,
+            store_choice.block, spool_folder(folder), store_deadline_s, is_simulated,
         )  # fmt: skip
         groups = group_receivers(go)
         futures = [acquire_receivers.submit(group, run) for group in groups]
@@ -207,13 +210,37 @@ async def acquire(
         store_choice.description, db_choice.description, outcomes,
         rows_recorded, record_error, start_spread_ms(outcomes),
     )  # fmt: skip
-    await publish(summary)
+    await publish(summary, store_choice.block, run.start_at)
     await progress.update(100)
+    data = summary.as_dict()
+    if locate and summary.ok and not summary.record_error:
+        # 5. locate: from what was just stored, through the same storage and database
+        from flows.locate import locate as locate_flow  # TDOA and solver only when asked
+
+        data["located"] = await locate_flow(
+            acquisition_id=acquisition_id,
+            storage=_spec(storage),
+            database=_spec(database),
+            data_dir=str(folder),
+            truth_latitude=simulated.truth[0] if simulated.truth else None,
+            truth_longitude=simulated.truth[1] if simulated.truth else None,
+        )
     # The table is in the run's artifacts and the command line prints it; the final
     # state's message ("N/M receivers ok") is logged by Prefect itself.
     if summary.ok == 0 or summary.record_error:
-        return Failed(message=summary.message, data=summary.as_dict())
-    return Completed(message=summary.message, data=summary.as_dict())
+        return Failed(message=summary.message, data=data)
+    return Completed(message=summary.message, data=data)
+
+
+def _spec(target: Any) -> str:
+    """A storage or database choice as the text the locate flow takes: a saved block by
+    ``<block-type>/<name>``, anything else as given."""
+    if isinstance(target, str):
+        return target
+    name = getattr(target, "_block_document_name", None)
+    if not name:
+        raise ValueError("locate=True needs storage and database given by name or saved")
+    return f"{type(target).get_block_type_slug()}/{name}"
 
 
 def _lat_lon(text: str) -> tuple[float, float]:
@@ -248,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "--emitter", type=_lat_lon, default=None, help="LAT,LON of the simulated emitter"
     )
     p.add_argument("--modulation", default=None, help="the simulated emitter's modulation")
+    p.add_argument("--locate", action="store_true", help="locate the transmitter afterwards")
     args = vars(p.parse_args(argv))
     as_json = args.pop("json")
     state = cli.run_once(acquire, json=as_json, **args)
@@ -267,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     if folder := recordings_folder(result["receivers"]):
         print(f"            in {folder}")
     print(f"database:   {result['database']}")
+    if located := result.get("located"):
+        print()
+        print(f"transmitter: {located['message']}")
+        if located.get("map"):
+            print(f"map:         {located['map']}")
     return 0 if state.is_completed() else 1
 
 

@@ -171,6 +171,7 @@ def build_file_recording(
             "source_file": wav.path.name,
             "nominal_sample_rate": wav.nominal_rate_hz,
             "file_defects": "; ".join(wav.defects),
+            "simulated": False,  # recorded by a real KiwiSDR
             "passband_low_hz": round(passband[0], 1),
             "passband_high_hz": round(passband[1], 1),
         },

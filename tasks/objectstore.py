@@ -352,3 +352,20 @@ def object_store(fs: Any) -> ObjectStore:
     if hasattr(fs, "awrite_path") and hasattr(fs, "aread_path"):
         return BlockObjects(fs)
     raise TypeError(f"{type(fs).__name__} is not a writable filesystem block")
+
+
+def presigned_url(fs: Any, key: str, expires_s: int) -> str | None:
+    """A time-limited GET link to ``key`` for a browser that has no credentials (an S3
+    bucket only; a local folder has no URL a browser could be handed)."""
+    from prefect_aws import S3Bucket
+
+    if not isinstance(fs, S3Bucket):
+        return None
+    objects = S3Objects(fs)
+    return str(
+        objects.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": fs.bucket_name, "Key": objects._full(key)},
+            ExpiresIn=int(expires_s),
+        )
+    )

@@ -71,8 +71,10 @@ class AcquisitionRun:
         storage: FileSystem,
         spool: Path,
         store_deadline_s: float,
+        simulated: bool = False,
     ) -> None:
         self.acquisition_id = acquisition_id
+        self.simulated = simulated  # marks the recordings (SigMF rfacq:simulated) and rows
         if settings.duration_s >= STREAM_TO_DISK_S and settings.spool_dir is None:
             # Long captures stream to files as frames arrive: RAM then grows with the
             # receivers being processed, not with duration x receivers.
@@ -90,13 +92,25 @@ class AcquisitionRun:
         return ns_to_datetime(ns) if ns is not None else datetime.now(UTC)
 
 
-def _process(capture: Capture, receiver: KiwiSDRReceiver, acquisition_id: str, name: str) -> Any:
+def _process(
+    capture: Capture,
+    receiver: KiwiSDRReceiver,
+    acquisition_id: str,
+    name: str,
+    simulated: bool = False,
+) -> Any:
     with _process_slots:
-        return process_capture(capture, receiver, acquisition_id=acquisition_id, name=name)
+        return process_capture(
+            capture, receiver, acquisition_id=acquisition_id, name=name, simulated=simulated
+        )
 
 
 async def process_with_retries(
-    capture: Capture, receiver: KiwiSDRReceiver, acquisition_id: str, name: str
+    capture: Capture,
+    receiver: KiwiSDRReceiver,
+    acquisition_id: str,
+    name: str,
+    simulated: bool = False,
 ) -> Any:
     """Process in a worker thread (the event loop keeps receiving the other captures).
 
@@ -106,7 +120,9 @@ async def process_with_retries(
     """
     for attempt in range(1, PROCESS_ATTEMPTS + 1):
         try:
-            return await asyncio.to_thread(_process, capture, receiver, acquisition_id, name)
+            return await asyncio.to_thread(
+                _process, capture, receiver, acquisition_id, name, simulated
+            )
         except SystemError as exc:
             if attempt == PROCESS_ATTEMPTS:
                 raise StageFailed("process", exc, attempt) from exc
@@ -195,7 +211,9 @@ async def _process_and_store(
     attempts: int,
 ) -> ReceiverOutcome:
     try:
-        processed = await process_with_retries(capture, receiver, run.acquisition_id, name)
+        processed = await process_with_retries(
+            capture, receiver, run.acquisition_id, name, run.simulated
+        )
     except StageFailed as exc:
         try:
             where = await asyncio.to_thread(spool_capture, run.spool, key, capture)
@@ -224,11 +242,19 @@ async def _process_and_store(
         )
     except Exception as exc:  # the storage and the spool both refused: say so loudly
         log.error("%s: %s", name, exc)
-        return ReceiverOutcome(name, "failed", str(exc), attempts, row, spectrum=processed.spectrum)
+        return ReceiverOutcome(
+            name, "failed", str(exc), attempts, row, spectrum=processed.spectrum, psd=processed.psd
+        )
     if stored.spooled:
         log.warning("%s: %s", name, stored.error)
         return ReceiverOutcome(
-            name, "spooled", stored.error, attempts, row, spectrum=processed.spectrum
+            name,
+            "spooled",
+            stored.error,
+            attempts,
+            row,
+            spectrum=processed.spectrum,
+            psd=processed.psd,
         )
     log.info("%s: stored at %s", name, stored.stored.location)
     return ReceiverOutcome(
@@ -240,6 +266,7 @@ async def _process_and_store(
         object_key=stored.stored.data_key,
         location=stored.stored.location,
         spectrum=processed.spectrum,
+        psd=processed.psd,
     )
 
 

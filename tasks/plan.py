@@ -74,13 +74,15 @@ def split_by_frequency(
 Network = Literal["auto", "simulated", "blocks"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class SimulatedOptions:
-    """How to build the simulated network when it is the one used."""
+    """How to build the simulated network when it is the one used; once it is started,
+    ``truth`` holds where its emitter really is (to score a position against)."""
 
     receivers: int | None = None  # None: the seed network's seven
     emitter_at: tuple[float, float] | None = None
     modulation: str | None = None
+    truth: tuple[float, float] | None = None
 
 
 async def load_receivers(
@@ -117,6 +119,8 @@ async def load_receivers(
     )
     stack.enter_context(sim)
     bind_urls(sim, configs)
+    if simulated is not None:
+        simulated.truth = (sim.emitter.latitude, sim.emitter.longitude)
     log.info("using the simulated network (%d receivers on loopback)", len(configs))
     return {c._block_document_name or "": c for c in configs}
 

@@ -17,6 +17,7 @@ from prefect.logging import get_run_logger
 from blocks.receiver import KiwiSDRReceiver
 from tasks.dsp import measure, rssi_dbm
 from tasks.kiwisdr.client import Capture
+from tasks.pictures import Spectrum
 from tasks.recording import EXTENSION, Recording, build_recording
 from tasks.report import sparkline
 
@@ -29,6 +30,7 @@ class ProcessedCapture:
     recording: Recording
     row: dict[str, Any]
     spectrum: str = ""
+    psd: Any = None  # tasks.pictures.Spectrum: the capture's PSD, small enough to draw
 
 
 def process_capture(
@@ -38,6 +40,7 @@ def process_capture(
     acquisition_id: str,
     name: str,
     passband_hz: tuple[float, float] = (-5000.0, 5000.0),
+    simulated: bool = False,
 ) -> ProcessedCapture:
     """Measure ``capture`` and build its recording; pure computation, no I/O."""
     m = measure(capture.samples, capture.sample_rate, passband_hz=passband_hz, gaps=capture.gaps)
@@ -52,6 +55,7 @@ def process_capture(
         "tuned_khz": capture.tuned_khz,
         "freq_offset_khz": capture.freq_offset_khz,
         "attempts": capture.attempts,
+        "simulated": simulated,
     }
     recording = build_recording(
         capture.samples,
@@ -74,8 +78,11 @@ def process_capture(
         description=f"{receiver.display_name or name} at {capture.frequency_hz / 1e6:.6f} MHz",
     )
     row = row_from_metadata(recording.meta)
-    spectrum = sparkline(m.spectrum.density) if m.spectrum is not None else ""
-    return ProcessedCapture(receiver=name, recording=recording, row=row, spectrum=spectrum)
+    spectrum, psd = "", None
+    if m.spectrum is not None:
+        spectrum = sparkline(m.spectrum.density)
+        psd = Spectrum.from_density(m.spectrum.density, capture.sample_rate)
+    return ProcessedCapture(receiver=name, recording=recording, row=row, spectrum=spectrum, psd=psd)
 
 
 _MEASURED = (
@@ -130,6 +137,7 @@ def row_from_metadata(meta: dict[str, Any], object_key: str | None = None) -> di
         "adc_overflow_frames": g.get(ns + "adc_overflow_frames"),
         "object_key": object_key,
         "sha512": g["core:sha512"],
+        "simulated": g.get(ns + "simulated"),
         **timing_row_fields(g.get(ns + "timing_model")),
     }
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -54,6 +56,7 @@ class ReceiverOutcome:
     object_key: str | None = None
     location: str | None = None
     spectrum: str = ""
+    psd: Any = None  # tasks.pictures.Spectrum, for the overlay picture (not in brief())
 
     def measured(self, field_name: str) -> Any:
         return (self.row or {}).get(field_name)
@@ -204,8 +207,56 @@ def start_spread_ms(outcomes: list[ReceiverOutcome]) -> float | None:
     return (max(starts) - min(starts)).total_seconds() * 1e3
 
 
-async def publish(summary: AcquisitionSummary) -> None:
-    """Table and markdown artifacts for the Prefect UI."""
+PICTURE_LINK_EXPIRY_S = 7 * 24 * 3600  # the longest a SigV4 presigned link may live
+
+
+async def spectrum_picture(
+    summary: AcquisitionSummary, storage: Any = None, start: datetime | None = None
+) -> list[str]:
+    """Markdown lines showing every receiver's PSD on one axis.
+
+    The PNG travels inside the markdown (a data URI: the UI shows it with no storage the
+    browser would have to reach) and is stored beside the recordings
+    (``<acquisition>/pictures/spectra.png``); for S3 the markdown also gives a presigned
+    link, with its expiry. A picture that cannot be made or stored costs only the picture.
+    """
+    from tasks.pictures import data_uri, spectrum_overlay_png
+
+    spectra = {o.receiver: o.psd for o in summary.receivers if o.psd is not None}
+    if not spectra:
+        return []
+    title = (
+        f"acquisition {summary.acquisition_id}: {summary.frequency_hz / 1e6:.6f} MHz, "
+        f"{summary.duration_s:g} s"
+    )
+    png = await asyncio.to_thread(spectrum_overlay_png, spectra, title)
+    lines = ["", "## Spectra", "", f"![spectra]({data_uri(png)})", ""]
+    if storage is None or start is None:
+        return lines
+    from tasks.objectstore import object_store, presigned_url
+    from tasks.storage import acquisition_prefix
+
+    key = acquisition_prefix(summary.acquisition_id, start) + "pictures/spectra.png"
+    try:
+        store = object_store(storage)
+        await store.put(key, png)
+        lines.append(f"Picture stored at `{store.location(key)}`.")
+        url = await asyncio.to_thread(presigned_url, storage, key, PICTURE_LINK_EXPIRY_S)
+        if url:
+            until = datetime.now(UTC) + timedelta(seconds=PICTURE_LINK_EXPIRY_S)
+            lines.append(
+                f"[Download the picture]({url}) (presigned link, valid 7 days: until "
+                f"{until:%Y-%m-%d %H:%M} UTC)."
+            )
+    except Exception as exc:  # the report must not fail over a picture
+        lines.append(f"(the picture could not be stored: {type(exc).__name__})")
+    return lines
+
+
+async def publish(
+    summary: AcquisitionSummary, storage: Any = None, start: datetime | None = None
+) -> None:
+    """Table and markdown artifacts for the Prefect UI, with the spectrum picture."""
     receivers = [r.brief() for r in summary.receivers]
     await acreate_table_artifact(
         key="acquisition-receivers",
@@ -230,6 +281,7 @@ async def publish(summary: AcquisitionSummary) -> None:
         f"{r['samples']} | `{o.spectrum or '-'}` | {r['recording'].replace('|', '/')} |"
         for r, o in zip(table_rows(receivers), summary.receivers, strict=True)
     ]
+    md += await spectrum_picture(summary, storage, start)
     await acreate_markdown_artifact(
         key="acquisition-summary", markdown="\n".join(md), description=summary.message
     )

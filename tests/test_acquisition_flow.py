@@ -411,7 +411,8 @@ def test_blocks_are_flow_parameters(prefect_server: None, tmp_path: Path) -> Non
 def test_first_run_prints_no_traceback_and_one_table(tmp_path: Path) -> None:
     """``make run`` on a fresh clone: a brand-new PREFECT_HOME (the embedded server's
     telemetry heartbeat used to race its migrations and log a traceback), no API URL. The
-    output has no Traceback or ERROR, the result table once, and where the data went."""
+    output has no Traceback or ERROR, the result table once, where the data went, and the
+    position found next to the truth (a locatable emitter, --locate)."""
     import os
     import subprocess
     import sys
@@ -420,7 +421,19 @@ def test_first_run_prints_no_traceback_and_one_table(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "RF_DATA_DIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "flows", "acquire", "--network", "simulated", "--duration-s", "0.3"],
+        [
+            sys.executable,
+            "-m",
+            "flows",
+            "acquire",
+            "--network",
+            "simulated",
+            "--duration-s",
+            "1",
+            "--modulation",
+            "rrc-bpsk",
+            "--locate",
+        ],
         cwd=root,
         env=env,
         capture_output=True,
@@ -435,6 +448,14 @@ def test_first_run_prints_no_traceback_and_one_table(tmp_path: Path) -> None:
     assert done.stdout.count("7/7 receivers ok") == 1
     assert f"recordings: local folder {tmp_path / 'recordings'}" in done.stdout
     assert f"database:   SQLite {tmp_path / 'rf_acquisition.db'}" in done.stdout
+    # ... and, as make run does, the transmitter found next to the simulated truth.
+    import re
+
+    found = re.search(
+        r"^transmitter: .*7 receivers, 21 pairs; truth (\d+) m away$", done.stdout, re.M
+    )
+    assert found, done.stdout[-2000:]
+    assert int(found.group(1)) < 1000
 
 
 def test_simulated_runs_stay_local_and_are_marked(

@@ -2,7 +2,8 @@
 
 A real ``prefect server start`` serves the API and the UI; an acquisition runs against it
 from the command line; the browser opens the run's summary artifact and checks that the
-spectrum picture is really displayed (decoded, non-zero size), not just linked.
+spectrum picture and the position's map are really displayed (decoded, non-zero size),
+not just linked.
 """
 
 from __future__ import annotations
@@ -71,25 +72,32 @@ def test_acquisition_summary_shows_the_spectrum_picture(browser, tmp_path: Path)
             [
                 sys.executable, "-m", "flows", "acquire",
                 "--network", "simulated", "--storage", "local", "--database", "sqlite",
-                "--data-dir", str(tmp_path / "data"), "--duration-s", "0.5", "--json",
+                "--data-dir", str(tmp_path / "data"), "--duration-s", "1", "--json",
+                "--modulation", "rrc-bpsk", "--locate",
             ],
             env={**env, "PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"]},
             cwd=ROOT, capture_output=True, text=True, timeout=240,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         api = env["PREFECT_API_URL"]
-        found = httpx.post(
-            f"{api}/artifacts/filter",
-            json={"artifacts": {"key": {"any_": ["acquisition-summary"]}}},
-            timeout=10,
-        ).json()
-        assert len(found) == 1, found
-        artifact = found[0]
         ui = api.removesuffix("/api")
-        images, text = _images(
-            browser, f"{ui}/artifacts/artifact/{artifact['id']}", tmp_path / "summary.png"
-        )
+        pages = {}
+        for key in ("acquisition-summary", "locate-summary"):
+            found = httpx.post(
+                f"{api}/artifacts/filter",
+                json={"artifacts": {"key": {"any_": [key]}}},
+                timeout=10,
+            ).json()
+            assert len(found) == 1, (key, found)
+            pages[key] = _images(
+                browser, f"{ui}/artifacts/artifact/{found[0]['id']}", tmp_path / f"{key}.png"
+            )
+    images, text = pages["acquisition-summary"]
     spectra = [i for i in images if i["alt"] == "spectra"]
     assert spectra, images
     assert spectra[0]["width"] >= 600  # decoded by the browser, not a broken link
     assert "7/7 receivers ok" in text
+    images, text = pages["locate-summary"]
+    maps = [i for i in images if i["alt"] == "map"]
+    assert maps and maps[0]["width"] >= 600, images
+    assert "7 receivers" in text and "truth" in text
