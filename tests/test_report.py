@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pytest
 
 from tasks.report import (
     AcquisitionSummary,
@@ -93,3 +96,63 @@ def test_the_table_names_recordings_inside_their_shared_folder() -> None:
     assert lines[2].split()[-1] == "torino.npy" and lines[3].split()[-1] == "genova.npy"
     assert lines[4].rstrip().endswith("capture failed")
     assert recordings_folder(receivers[:1]) is None  # one recording: its full location
+
+
+def _summary_with_spectra() -> AcquisitionSummary:
+    from tasks.pictures import Spectrum
+
+    rng = np.random.default_rng(4)
+    outcomes = [
+        ReceiverOutcome(
+            f"rx{i}", "ok", psd=Spectrum.from_density(rng.exponential(1e-9, 2048), 12_000.0)
+        )
+        for i in range(3)
+    ] + [ReceiverOutcome("down", "failed", "capture failed")]
+    return AcquisitionSummary(
+        "0b0e2c4e-8d4f-4a57-9a40-3f3c1f0d9a11", 145.5e6, 2.0, "2026-11-29T06:00:00+00:00",
+        "s3", "db", outcomes,
+    )  # fmt: skip
+
+
+@pytest.mark.integration
+def test_spectrum_picture_is_stored_beside_the_recordings_with_a_presigned_link(
+    s3_bucket: Any,
+) -> None:
+    """Real S3: the PNG lands under the acquisition's prefix, the markdown carries it
+    inline and a presigned link that states its expiry and really serves the picture."""
+    import asyncio
+    import re
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from tasks.report import spectrum_picture
+
+    start = datetime(2026, 11, 29, 6, tzinfo=UTC)
+    lines = asyncio.run(spectrum_picture(_summary_with_spectra(), s3_bucket, start))
+    text = "\n".join(lines)
+    assert "![spectra](data:image/png;base64," in text
+    assert "valid 7 days: until" in text
+    url = re.search(r"\[Download the picture\]\((\S+)\)", text)
+    assert url, text
+    got = httpx.get(url.group(1), timeout=10)
+    assert got.status_code == 200 and got.content[:8] == b"\x89PNG\r\n\x1a\n"
+    acquisition = _summary_with_spectra().acquisition_id
+    key = f"{s3_bucket.bucket_folder}/acquisitions/2026/11/29/{acquisition}/pictures/spectra.png"
+    client = s3_bucket.credentials.get_s3_client()
+    assert client.head_object(Bucket=s3_bucket.bucket_name, Key=key)["ContentLength"] > 1000
+
+
+def test_spectrum_picture_on_a_local_folder_has_no_link(tmp_path: Any) -> None:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from blocks.storage import local_storage
+    from tasks.report import spectrum_picture
+
+    start = datetime(2026, 11, 29, 6, tzinfo=UTC)
+    lines = asyncio.run(spectrum_picture(_summary_with_spectra(), local_storage(tmp_path), start))
+    assert any("Picture stored at" in line for line in lines)
+    assert not any("presigned" in line for line in lines)
+    assert len(list(tmp_path.rglob("spectra.png"))) == 1
+    assert asyncio.run(spectrum_picture(AcquisitionSummary("x", 1.0, 1.0, "", "", ""))) == []
