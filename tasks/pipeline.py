@@ -48,10 +48,6 @@ from tasks.storage import FileSystem, recording_key, store_or_spool
 # most this many at once in the whole process, whatever the number of receivers.
 PROCESS_SLOTS = max(2, os.cpu_count() or 2)
 _process_slots = threading.BoundedSemaphore(PROCESS_SLOTS)
-# Recordings made but not yet stored hold their samples in memory: when hundreds of
-# receivers finish at the same instant, at most this many are between process and store.
-RECORDINGS_IN_FLIGHT = 4 * PROCESS_SLOTS
-_in_flight = threading.BoundedSemaphore(RECORDINGS_IN_FLIGHT)
 PROCESS_ATTEMPTS = 3
 # Captures at least this long stream to disk as their frames arrive (see AcquisitionRun).
 STREAM_TO_DISK_S = 10.0
@@ -194,11 +190,7 @@ async def acquire_receiver(
         return ReceiverOutcome(name, "failed", f"capture failed: {type(exc).__name__}: {exc}", 1)
     attempts = capture.attempts
     key = recording_key(run.acquisition_id, run.start_at, name)
-    await asyncio.to_thread(_in_flight.acquire)
-    try:
-        return await _process_and_store(name, receiver, run, log, capture, key, attempts)
-    finally:
-        _in_flight.release()
+    return await _process_and_store(name, receiver, run, log, capture, key, attempts)
 
 
 async def _process_and_store(
