@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from blocks.receiver import KiwiSDRReceiver
+from tasks.errors import RfAcquisitionError
 from tasks.kiwisdr.client import Capture, CaptureSettings, capture_iq
 from tasks.kiwisdr.errors import KiwiSDRError, is_transient
 from tasks.kiwisdr.status import ReceiverStatus, fetch_status
@@ -178,7 +179,7 @@ class StartBarrier:
 # --------------------------------------------------------------------------- capture
 
 
-class StageFailed(Exception):
+class StageFailed(RfAcquisitionError):
     """A receiver's stage failed for good; says which stage and after how many attempts."""
 
     def __init__(self, stage: str, cause: BaseException, attempts: int) -> None:

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from tasks.errors import RfAcquisitionError
+
 # kiwisdr.com's public list as ``kiwisdr_com.js``: the file the KiwiSDR map (dyatlov)
 # regenerates from http://kiwisdr.com/public/ and that TDoA tools read.
 DEFAULT_DIRECTORY_URL = "http://rx.linkfanel.net/kiwisdr_com.js"
@@ -63,7 +65,7 @@ TIMESTAMPS_OFF = "timestamps_off"
 NOT_CHOSEN = "not_chosen"
 
 
-class DirectoryFormatError(ValueError):
+class DirectoryFormatError(RfAcquisitionError, ValueError):
     """The text is not a KiwiSDR directory at all (no entry list could be found)."""
 
 
@@ -397,7 +399,7 @@ class DirectoryEntry:
         }
 
 
-class EntryRejected(ValueError):
+class EntryRejected(RfAcquisitionError, ValueError):
     """An entry that cannot become a receiver; ``reason`` is its count key."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

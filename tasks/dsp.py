@@ -47,6 +47,8 @@ import scipy.ndimage
 import scipy.signal
 import scipy.stats
 
+from tasks.errors import RfAcquisitionError
+
 __all__ = [
     "DEFAULT_NPERSEG",
     "DEFAULT_PASSBAND_HZ",
@@ -120,7 +122,7 @@ _CFO_BLOCK = 32
 _CFO_NEWTON_STEPS = 8
 
 
-class ProcessingError(ValueError):
+class ProcessingError(RfAcquisitionError, ValueError):
     """A capture or parameter the measurements cannot be computed from.
 
     The message names the offending field and the allowed range, because it ends up in a

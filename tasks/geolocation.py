@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
+from tasks.errors import RfAcquisitionError
 from tasks.geodesy import SPEED_OF_LIGHT, ecef, horizontal_distance_m, metres_per_degree
 
 CHI2_2D_95 = float(stats.chi2.ppf(0.95, 2))
@@ -76,7 +77,7 @@ class Grid:
     chi2: np.ndarray  # (lat, lon)
 
 
-class GeolocationError(ValueError):
+class GeolocationError(RfAcquisitionError, ValueError):
     """Too few usable pairs or receivers to fix a position."""
 
 

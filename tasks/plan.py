@@ -15,13 +15,14 @@ from typing import Any, Literal
 
 from blocks.receiver import KiwiSDRReceiver
 from tasks.capture import StatusCheck
+from tasks.errors import RfAcquisitionError
 from tasks.kiwisdr.client import MAX_DURATION_S, MIN_DURATION_S
 
 MIN_FREQUENCY_HZ = 10e3
 MAX_FREQUENCY_HZ = 6e9
 
 
-class PlanError(ValueError):
+class PlanError(RfAcquisitionError, ValueError):
     """The acquisition cannot run as asked; the message names the field and allowed range."""
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import sigmf
 import sigmf.error
 
+from tasks.errors import RfAcquisitionError
+
 __all__ = [
     "DATATYPE",
     "EXTENSION",
@@ -62,7 +64,7 @@ _BAD_NAME_CHARS = set('/\\:*?"<>|')
 Scalar = float | int | bool | str | None
 
 
-class RecordingError(ValueError):
+class RecordingError(RfAcquisitionError, ValueError):
     """The inputs can't make a valid recording, or stored bytes aren't one."""
 
 

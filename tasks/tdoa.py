@@ -33,6 +33,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import signal as ssignal
 
+from tasks.errors import RfAcquisitionError
 from tasks.geodesy import SPEED_OF_LIGHT, ecef
 
 NS_PER_S = 1_000_000_000
@@ -147,7 +148,7 @@ class TdoaResult:
         return not self.good_pairs and any(p.reason == CARRIER_ONLY for p in self.pairs)
 
 
-class TdoaError(ValueError):
+class TdoaError(RfAcquisitionError, ValueError):
     """The inputs cannot give any time difference (no common window, too few receivers)."""
 
 
