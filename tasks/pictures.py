@@ -46,6 +46,9 @@ class Spectrum:
         return cls(freqs, 10 * np.log10(np.maximum(averaged, floor)))
 
 
+MAX_LEGEND = 16
+
+
 def spectrum_overlay_png(
     spectra: Mapping[str, Spectrum], title: str, *, width_px: int = 960, height_px: int = 480
 ) -> bytes:
@@ -66,7 +69,11 @@ def spectrum_overlay_png(
     ax.set_ylabel("power spectral density (dBFS/Hz)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right", ncols=2 if len(spectra) > 6 else 1)
+    if len(spectra) <= MAX_LEGEND:
+        ax.legend(fontsize=8, loc="upper right", ncols=2 if len(spectra) > 6 else 1)
+    else:  # hundreds of names would bury the plot: say how many instead
+        ax.text(0.99, 0.98, f"{len(spectra)} receivers", transform=ax.transAxes,
+                ha="right", va="top", fontsize=8)  # fmt: skip
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png")
