@@ -31,16 +31,31 @@ class TimescaleDBConnection(Block):
 
     _block_type_name = "TimescaleDB Connection"
     _description = "PostgreSQL + TimescaleDB where acquisition rows are recorded."
+    # Shown in the UI's Example box (a doctest prompt would be escaped away there).
+    _code_example = """
+    ```python
+    from blocks.database import TimescaleDBConnection
 
-    host: str = Field(default="127.0.0.1", description="Server host name or address.")
-    port: int = Field(default=5432, ge=1, le=65535, description="Server TCP port.")
-    database: str = Field(default="rf_acquisition", description="Database name.")
-    user: str = Field(default="postgres", description="Role to connect as.")
-    password: SecretStr | None = Field(default=None, description="The role's password.")
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
-        default="prefer", description="libpq sslmode."
+    TimescaleDBConnection(
+        host="db.example", port=5432, database="rf_acquisition", user="rf", password="...",
+    ).save("rf-acquisition", overwrite=True)
+    engine = TimescaleDBConnection.load("rf-acquisition").get_engine()
+    ```
+    """
+
+    host: str = Field(default="127.0.0.1", title="Host", description="Server host name or address.")
+    port: int = Field(default=5432, ge=1, le=65535, title="Port", description="Server TCP port.")
+    database: str = Field(default="rf_acquisition", title="Database", description="Database name.")
+    user: str = Field(default="postgres", title="User", description="Role to connect as.")
+    password: SecretStr | None = Field(
+        default=None, title="Password", description="The role's password."
     )
-    connect_timeout_s: int = Field(default=10, ge=1, le=300, description="Connect timeout.")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        default="prefer", title="SSL mode", description="libpq sslmode."
+    )
+    connect_timeout_s: int = Field(
+        default=10, ge=1, le=300, title="Connect timeout (s)", description="Connect timeout."
+    )
 
     def url(self) -> URL:
         """The SQLAlchemy URL (``str(url)`` masks the password as ``***``)."""

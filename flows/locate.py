@@ -12,6 +12,7 @@ artifact) and a summary dict (``--json`` prints it as one JSON object on stdout)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
@@ -367,11 +368,16 @@ async def locate(
     map_path = folder / "locations" / f"{location_id}.png"
     map_path.parent.mkdir(parents=True, exist_ok=True)
     map_path.write_bytes(png)
+    stored_lines: list[str] = []
+    if acquisition_id is not None:
+        stored_lines = await _store_map(png, acquisition_id, when, location_id, storage, folder)
     pair_rows = outcome.pair_rows()
     with contextlib.suppress(Exception):  # artifacts need a run context; plain runs skip
         await acreate_table_artifact(pair_rows, key="locate-pairs", description="TDOA pairs")
         await acreate_markdown_artifact(
-            _markdown(outcome, map_path, png), key="locate-summary", description="Position"
+            "\n".join([_markdown(outcome, map_path, png), "", *stored_lines]),
+            key="locate-summary",
+            description="Position",
         )
     message = _title(outcome)
     (logger.info if outcome.ok else logger.warning)("%s", message)
@@ -389,6 +395,35 @@ async def locate(
         "notes": outcome.notes,
     }
     return summary
+
+
+async def _store_map(
+    png: bytes, acquisition_id: str, when: datetime, location_id: str, storage: str, folder: Path
+) -> list[str]:
+    """The map beside the acquisition's recordings (``pictures/map-<location>.png``), with
+    a presigned link on S3; markdown lines saying where. Never fails the flow."""
+    from blocks.resolve import resolve_storage
+    from tasks.objectstore import object_store, presigned_url
+    from tasks.report import PICTURE_LINK_EXPIRY_S
+    from tasks.storage import acquisition_prefix
+
+    key = acquisition_prefix(acquisition_id, when) + f"pictures/map-{location_id}.png"
+    try:
+        fs = (await resolve_storage(storage, folder)).block
+        store = object_store(fs)
+        await store.put(key, png)
+        lines = [f"Map stored at `{store.location(key)}`."]
+        url = await asyncio.to_thread(presigned_url, fs, key, PICTURE_LINK_EXPIRY_S)
+        if url:
+            until = datetime.now(UTC) + timedelta(seconds=PICTURE_LINK_EXPIRY_S)
+            lines.append(
+                f"[Download the map]({url}) (presigned link, valid 7 days: until "
+                f"{until:%Y-%m-%d %H:%M} UTC)."
+            )
+        return lines
+    except Exception as exc:
+        get_run_logger().warning("the map could not be stored: %s", type(exc).__name__)
+        return [f"(the map could not be stored: {type(exc).__name__})"]
 
 
 def _flow_run_id() -> str | None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from prefect.blocks.core import Block
 
+from blocks.database import TimescaleDBConnection
 from blocks.receiver import KiwiSDRReceiver
 
-BLOCKS: list[type[Block]] = [KiwiSDRReceiver]
+BLOCKS: list[type[Block]] = [KiwiSDRReceiver, TimescaleDBConnection]
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.__name__)
@@ -30,3 +31,9 @@ def test_receiver_titles_name_units() -> None:
     assert titles["url"] == "URL"
     assert titles["freq_offset_khz"] == "Down-converter offset (kHz)"
     assert titles["altitude_m"] == "Altitude (m)"
+
+
+def test_database_titles_are_written_not_generated() -> None:
+    schema = TimescaleDBConnection.model_json_schema()["properties"]
+    assert schema["sslmode"]["title"] == "SSL mode"
+    assert schema["connect_timeout_s"]["title"] == "Connect timeout (s)"

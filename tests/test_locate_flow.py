@@ -238,6 +238,9 @@ def test_simulated_network_psk_acquire_then_locate(prefect_server: None, tmp_pat
     assert len(rows) == 1 and rows[0]["status"] == "ok"
     assert rows[0]["error_m"] == pytest.approx(loc["error_m"])
     assert rows[0]["flow_run_id"] == str(located.state_details.flow_run_id)
+    # The map is kept beside the acquisition's recordings, as well as under data_dir.
+    stored = list((tmp_path / "recordings").rglob(f"{acquisition_id}/pictures/map-*.png"))
+    assert len(stored) == 1 and stored[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     artifacts = asyncio.run(_artifacts(located.state_details.flow_run_id))
     table = json.loads(artifacts["locate-pairs"].data)
     assert len(table) == 21 and sum(r["dropped"] is None for r in table) >= 15
