@@ -43,6 +43,7 @@ from tasks.pipeline import (
     AcquisitionRun,
     acquire_receivers,
     group_receivers,
+    limit_malloc_arenas,
     outcomes_of,
     record_acquisition,
     record_result,
@@ -141,6 +142,7 @@ async def acquire(
     """
     logger = get_run_logger()
     validate_request(frequency_hz, duration_s)  # also when called as acquire.fn(...)
+    limit_malloc_arenas()  # before the receiver threads: freed recordings go back for reuse
     folder = Path(data_dir).resolve() if data_dir else default_data_dir()
     acquisition_id = acquisition_id or str(uuid.uuid4())
     simulated = SimulatedOptions(simulated_receivers, emitter, modulation)

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,24 +127,25 @@ async def process_with_retries(
     raise AssertionError("unreachable")
 
 
+M_ARENA_MAX = -8  # glibc mallopt parameter
+MALLOC_ARENAS = 2
+
+
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        return None
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for the rest of the process (once; glibc only).
 
-
-def return_freed_memory() -> None:
-    """Hand memory freed by a finished receiver back to the OS.
-
-    Processing runs in worker threads, and glibc gives each thread its own malloc arena
-    whose freed pages it keeps: at the end of a 50 x 20 s acquisition that alone held
-    ~250 MB of already-freed recordings. ``malloc_trim`` releases them (a few ms).
+    Processing runs in worker threads, and glibc gives each thread its own arena whose
+    freed pages it keeps: at the end of a 50 x 20 s acquisition that held ~250 MB of
+    already-freed recordings (peak 667 MB; 410 MB with two arenas). Handing memory back
+    with ``malloc_trim`` after each receiver was tried and rejected: it locks every arena
+    while other threads hold the GIL, and starved the event loops into 5 s stalls.
     """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return False
+    return bool(mallopt(M_ARENA_MAX, int(arenas)))
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -218,7 +219,6 @@ async def _process_and_store(
         log.error("%s: %s", name, error)
         return ReceiverOutcome(name, "failed", error, attempts)
     capture.release()  # the recording holds the samples now
-    await asyncio.to_thread(return_freed_memory)
     row = processed.row
     log.info(
         "%s: power %s dBFS, SNR %s dB, offset %s Hz%s",
