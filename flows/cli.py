@@ -142,3 +142,19 @@ def run_and_print(flow: Callable[..., Any], *, json: bool = False, **parameters:
     """Run a flow, print its final message (or its summary as JSON); exit status 0 only
     when it completed."""
     return finish(run_once(flow, json=json, **parameters), json=json)
+
+
+def result_of(state: Any, *, json: bool, what: str) -> dict[str, Any] | None:
+    """A flow's dict result, printed as one JSON object when ``json``; None when the run
+    produced none (the error is printed: JSON on stdout, text on stderr)."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, dict):
+        if json:
+            print_json(json_safe(result))
+        return result
+    error = {"message": f"{what} failed: {state.message or result}", "ok": False}
+    if json:
+        print_json(error)
+    else:
+        print(error["message"], file=sys.stderr)
+    return None

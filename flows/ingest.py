@@ -379,17 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     # With --json, stdout carries the JSON object and nothing else (cli.run_once).
     state = cli.run_once(ingest, json=as_json, **args)
-    result = state.result(raise_on_failure=False)
-    if not isinstance(result, dict):
-        error = {"message": f"ingest failed: {state.message or result}", "ok": 0}
-        if as_json:
-            cli.print_json(error)
-        else:
-            print(error["message"], file=sys.stderr)
+    result = cli.result_of(state, json=as_json, what="ingest")
+    if result is None:
         return 1
-    if as_json:
-        cli.print_json(cli.json_safe(result))
-    else:
+    if not as_json:
         for f in result["files"]:
             if f["status"] == "ok":
                 print(

@@ -12,7 +12,6 @@ artifact) and a summary dict (``--json`` prints it as one JSON object on stdout)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
@@ -403,27 +402,16 @@ async def _store_map(
     """The map beside the acquisition's recordings (``pictures/map-<location>.png``), with
     a presigned link on S3; markdown lines saying where. Never fails the flow."""
     from blocks.resolve import resolve_storage
-    from tasks.objectstore import object_store, presigned_url
-    from tasks.report import PICTURE_LINK_EXPIRY_S
+    from tasks.report import store_picture
     from tasks.storage import acquisition_prefix
 
     key = acquisition_prefix(acquisition_id, when) + f"pictures/map-{location_id}.png"
     try:
         fs = (await resolve_storage(storage, folder)).block
-        store = object_store(fs)
-        await store.put(key, png)
-        lines = [f"Map stored at `{store.location(key)}`."]
-        url = await asyncio.to_thread(presigned_url, fs, key, PICTURE_LINK_EXPIRY_S)
-        if url:
-            until = datetime.now(UTC) + timedelta(seconds=PICTURE_LINK_EXPIRY_S)
-            lines.append(
-                f"[Download the map]({url}) (presigned link, valid 7 days: until "
-                f"{until:%Y-%m-%d %H:%M} UTC)."
-            )
-        return lines
     except Exception as exc:
         get_run_logger().warning("the map could not be stored: %s", type(exc).__name__)
         return [f"(the map could not be stored: {type(exc).__name__})"]
+    return await store_picture(fs, key, png, "map")
 
 
 def _flow_run_id() -> str | None:
@@ -487,17 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     as_json = args.pop("json")
     # With --json, stdout carries the JSON object and nothing else (cli.run_once).
     state = cli.run_once(locate, json=as_json, **args)
-    result = state.result(raise_on_failure=False)
-    if not isinstance(result, dict):
-        error = {"message": f"locate failed: {state.message or result}", "ok": False}
-        if as_json:
-            cli.print_json(error)
-        else:
-            print(error["message"], file=sys.stderr)
+    result = cli.result_of(state, json=as_json, what="locate")
+    if result is None:
         return 1
-    if as_json:
-        cli.print_json(cli.json_safe(result))
-    else:
+    if not as_json:
         for r in result["pairs"]:
             print(
                 f"{r['pair']:40s} {r['tdoa_us']!s:>12} us +- {r['stderr_us']!s:>8} "

@@ -233,24 +233,33 @@ async def spectrum_picture(
     lines = ["", "## Spectra", "", f"![spectra]({data_uri(png)})", ""]
     if storage is None or start is None:
         return lines
-    from tasks.objectstore import object_store, presigned_url
     from tasks.storage import acquisition_prefix
 
     key = acquisition_prefix(summary.acquisition_id, start) + "pictures/spectra.png"
+    lines += await store_picture(storage, key, png, "picture")
+    return lines
+
+
+async def store_picture(storage: Any, key: str, png: bytes, what: str) -> list[str]:
+    """Put ``png`` at ``key`` through the storage block; markdown lines saying where, with
+    a presigned link (and its expiry) on S3. Never raises: a report or a position must not
+    fail over a picture."""
+    from tasks.objectstore import object_store, presigned_url
+
     try:
         store = object_store(storage)
         await store.put(key, png)
-        lines.append(f"Picture stored at `{store.location(key)}`.")
+        lines = [f"{what.capitalize()} stored at `{store.location(key)}`."]
         url = await asyncio.to_thread(presigned_url, storage, key, PICTURE_LINK_EXPIRY_S)
         if url:
             until = datetime.now(UTC) + timedelta(seconds=PICTURE_LINK_EXPIRY_S)
             lines.append(
-                f"[Download the picture]({url}) (presigned link, valid 7 days: until "
+                f"[Download the {what}]({url}) (presigned link, valid 7 days: until "
                 f"{until:%Y-%m-%d %H:%M} UTC)."
             )
-    except Exception as exc:  # the report must not fail over a picture
-        lines.append(f"(the picture could not be stored: {type(exc).__name__})")
-    return lines
+        return lines
+    except Exception as exc:
+        return [f"(the {what} could not be stored: {type(exc).__name__})"]
 
 
 async def publish(
