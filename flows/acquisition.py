@@ -219,14 +219,19 @@ async def acquire(
         # 5. locate: from what was just stored, through the same storage and database
         from flows.locate import locate as locate_flow  # TDOA and solver only when asked
 
-        data["located"] = await locate_flow(
-            acquisition_id=acquisition_id,
-            storage=_spec(storage),
-            database=_spec(database),
-            data_dir=str(folder),
-            truth_latitude=simulated.truth[0] if simulated.truth else None,
-            truth_longitude=simulated.truth[1] if simulated.truth else None,
-        )
+        try:
+            data["located"] = await locate_flow(
+                acquisition_id=acquisition_id,
+                storage=_spec(storage),
+                database=_spec(database),
+                data_dir=str(folder),
+                truth_latitude=simulated.truth[0] if simulated.truth else None,
+                truth_longitude=simulated.truth[1] if simulated.truth else None,
+            )
+        except Exception as exc:  # the acquisition is recorded: a failed position is not
+            logger.warning("locate failed: %s: %s", type(exc).__name__, exc)
+            message = f"locate failed: {type(exc).__name__}: {exc}"
+            data["located"] = {"ok": False, "message": message, "location": None}
     # The table is in the run's artifacts and the command line prints it; the final
     # state's message ("N/M receivers ok") is logged by Prefect itself.
     if summary.ok == 0 or summary.record_error:

@@ -568,3 +568,24 @@ def test_a_tag_no_saved_receiver_carries_lists_the_known_tags(
     error, with_seed_tag, simulated = asyncio.run(go())
     assert error == "tag='70cm': no saved receiver has this tag; known tags: 2m, seed"
     assert (with_seed_tag, simulated) == ("blocks", "simulated")
+
+
+def test_a_failed_position_never_fails_a_recorded_acquisition(
+    prefect_server: None, tmp_path: Path
+) -> None:
+    """locate=True with an unsaved storage block (the locate flow cannot be told where the
+    recordings are): the acquisition stays Completed with its rows, the position says why."""
+    from prefect.filesystems import LocalFileSystem
+
+    state = run(
+        duration_s=0.3,
+        network="simulated",
+        storage=LocalFileSystem(basepath=str(tmp_path / "recordings")),
+        database="sqlite",
+        data_dir=str(tmp_path),
+        locate=True,
+    )
+    assert state.is_completed(), state.message
+    located = state.result()["located"]
+    assert located["ok"] is False and located["location"] is None
+    assert "locate failed: ValueError: locate=True needs storage" in located["message"]
