@@ -27,11 +27,11 @@ test: $(STAMP)
 services-up: $(STAMP)
 	bash scripts/services.sh install
 	bash scripts/services.sh up
-	$(PY) -m blocks.configure from-env --env-file .services/env
+	$(PY) -m flows.configure from-env --env-file .services/env
 	@echo "settings in .services/env and saved as the rf-acquisition blocks (used by --storage/--database auto)"
 
 services-down:
-	-$(PY) -m blocks.configure remove
+	-$(PY) -m flows.configure remove
 	bash scripts/services.sh down
 
 lint: $(STAMP)

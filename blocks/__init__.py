@@ -5,7 +5,7 @@
 - :mod:`blocks.database`: the TimescaleDB Connection block and the SQLite engine.
 - :mod:`blocks.receiver`: the KiwiSDR Receiver block.
 - :mod:`blocks.resolve`: a flow's ``storage``/``database``/receiver choice to a block.
-- :mod:`blocks.configure`: ``python -m blocks.configure`` saves and removes the blocks.
+- :mod:`blocks.configure`: saves and removes the blocks (the command is ``rfacq configure``).
 
 Nothing here imports ``tasks/`` or ``flows/`` (import-linter contracts in pyproject.toml;
 the listed exceptions are on their way out).

@@ -1,27 +1,22 @@
-"""Create or update the project's Prefect blocks from the command line.
+"""Saving the project's Prefect blocks: storage and database from settings, receivers
+from a file, the block types registered. Configuration only; the command line that uses
+it (``rfacq configure`` / ``python -m flows.configure``) lives in :mod:`flows.configure`.
 
-    python -m blocks.configure register            # make the UI offer the block forms
-    python -m blocks.configure from-env            # S3Bucket + MinIOCredentials + DB
-    python -m blocks.configure from-env --env-file .services/env
-    python -m blocks.configure remove              # delete what from-env saved
-    python -m blocks.configure receivers FILE      # KiwiSDRReceiver blocks from YAML/JSON
-
-``from-env`` reads RF_S3_ENDPOINT, RF_S3_ACCESS_KEY, RF_S3_SECRET_KEY, RF_S3_BUCKET,
+``from-env`` settings are RF_S3_ENDPOINT, RF_S3_ACCESS_KEY, RF_S3_SECRET_KEY, RF_S3_BUCKET,
 RF_S3_REGION and RF_PG_HOST, RF_PG_PORT, RF_PG_DATABASE, RF_PG_USER, RF_PG_PASSWORD,
 RF_PG_SSLMODE (``make services-up`` writes them to .services/env), validated by
-:mod:`blocks.settings`; with ``--env-file`` the file's values win over the environment.
+:mod:`blocks.settings`; an env file's values win over the environment.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from blocks.database import timescaledb_from_settings
-from blocks.settings import InvalidSetting, MissingSetting, PostgresSettings, S3Settings
+from blocks.settings import MissingSetting, PostgresSettings, S3Settings
 from blocks.storage import minio_bucket_from_settings
 
 DEFAULT_BLOCK_NAME = "rf-acquisition"
@@ -88,16 +83,20 @@ def load_settings(
 
 
 def save_from_env(
-    s3: S3Settings | None, pg: PostgresSettings | None, name: str = DEFAULT_BLOCK_NAME
+    s3: S3Settings | None,
+    pg: PostgresSettings | None,
+    name: str = DEFAULT_BLOCK_NAME,
+    *,
+    ensure_bucket: Callable[[Any], bool],
 ) -> list[str]:
-    """Save the storage and database blocks these settings describe (creating the bucket
-    when it is missing); returns what was saved.
+    """Save the storage and database blocks these settings describe; returns what was
+    saved. ``ensure_bucket(bucket) -> created`` checks or creates the bucket first: bucket
+    administration lives in ``tasks/`` (the caller, ``flows/configure.py``, passes
+    ``tasks.bucket.ensure_bucket``), so this module stays configuration only.
 
     Raises:
         EndpointProblem: the bucket could not be checked or created (nothing is saved).
     """
-    from tasks.bucket import ensure_bucket  # bucket administration: the one import of tasks/
-
     saved: list[str] = []
     if s3 is not None:
         bucket = minio_bucket_from_settings(s3)
@@ -152,48 +151,3 @@ def register() -> None:
 
     for block in (KiwiSDRReceiver, TimescaleDBConnection):
         block.register_type_and_schema()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m blocks.configure", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("register", help="register the block types")
-    env = sub.add_parser("from-env", help="save storage + database blocks from RF_* variables")
-    env.add_argument("--name", default=DEFAULT_BLOCK_NAME)
-    env.add_argument(
-        "--env-file", help="read the RF_* settings from this file; they override the environment"
-    )
-    rm = sub.add_parser("remove", help="delete the storage + database blocks from-env saved")
-    rm.add_argument("--name", default=DEFAULT_BLOCK_NAME)
-    rx = sub.add_parser("receivers", help="save KiwiSDRReceiver blocks from a YAML/JSON file")
-    rx.add_argument("file")
-    args = parser.parse_args(argv)
-    if args.command == "register":
-        register()
-        print("registered: kiwisdr-receiver, timescaledb-connection")
-    elif args.command == "from-env":
-        try:  # both groups read before either is saved: a bad value saves nothing
-            s3, pg = load_settings(args.env_file)
-        except InvalidSetting as exc:  # e.g. RF_PG_PORT=abc: the message names the variable
-            print(f"from-env: {exc}", file=sys.stderr)
-            return 2
-        register()
-        try:
-            saved = save_from_env(s3, pg, args.name)
-        except EndpointProblem as exc:
-            print(f"from-env: {exc}; nothing saved", file=sys.stderr)
-            return 1
-        print("saved: " + (", ".join(saved) or "nothing"))
-        return 0 if saved else 1
-    elif args.command == "remove":
-        removed = asyncio.run(remove_saved(args.name))
-        print("removed: " + (", ".join(removed) or "nothing"))
-    else:
-        register()
-        names = save_receivers(args.file)
-        print(f"saved {len(names)} receiver blocks: {', '.join(names)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

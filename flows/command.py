@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retention": ("flows.maintenance", "drop measurements older than N days"),
     "query": ("flows.query", "read measurements back: latest, series, availability"),
     "simulate": ("tasks.kiwisdr.simulator", "serve simulated KiwiSDR receivers on loopback"),
-    "configure": ("blocks.configure", "save storage, database and receiver blocks"),
+    "configure": ("flows.configure", "save storage, database and receiver blocks"),
     "migrate": ("tasks.migrations.__main__", "upgrade or inspect the database schema"),
 }
 

@@ -1,6 +1,6 @@
 """Bucket administration: S3 bucket-name rules and creating the configured bucket.
 
-Used when settings are saved (``python -m blocks.configure from-env``) and by the health
+Used when settings are saved (``rfacq configure from-env``) and by the health
 probe, which checks the name before asking the server about it.
 """
 

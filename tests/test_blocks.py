@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 import blocks.configure
 from blocks.configure import load_settings
-from blocks.configure import main as configure_main
 from blocks.database import timescaledb_from_env, timescaledb_from_settings
 from blocks.receiver import (
     KiwiSDRReceiver,
@@ -21,6 +20,7 @@ from blocks.receiver import (
 from blocks.resolve import select_receivers
 from blocks.settings import PostgresSettings
 from blocks.storage import minio_bucket_from_env, minio_bucket_from_settings
+from flows.configure import main as configure_main
 from tasks.kiwisdr.network import simulated_network
 
 
@@ -124,7 +124,7 @@ def from_env_saves(monkeypatch: pytest.MonkeyPatch) -> list[PostgresSettings | N
     """What ``configure from-env`` would save (nothing reaches a Prefect API)."""
     seen: list[PostgresSettings | None] = []
 
-    def save(s3: Any, pg: PostgresSettings | None, name: str) -> list[str]:
+    def save(s3: Any, pg: PostgresSettings | None, name: str, **_: Any) -> list[str]:
         seen.append(pg)
         return [f"timescaledb-connection/{name}"]
 

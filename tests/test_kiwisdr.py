@@ -864,7 +864,7 @@ def test_noise_table_is_built_before_the_first_stream() -> None:
 
 
 def test_standalone_simulator_writes_the_receivers_file(tmp_path: Any) -> None:
-    """``--write-receivers FILE`` writes a file ``blocks.configure receivers`` accepts,
+    """``--write-receivers FILE`` writes a file ``rfacq configure receivers`` accepts,
     pointing at the simulator; the printed kiwirecorder line passes the down-converter
     offset (-o 116000), without which -f 145500 is outside a KiwiSDR's 0-30 MHz."""
     import subprocess

@@ -682,7 +682,7 @@ def _unused_port(host: str) -> int:
 
 
 def receivers_document(network: SimulatedNetwork, receivers: list[Any]) -> dict[str, Any]:
-    """The receiver file (``blocks.configure receivers FILE``) of a started network: each
+    """The receiver file (``rfacq configure receivers FILE``) of a started network: each
     receiver as configured, with the URL it is served on."""
     entries = []
     for rx in receivers:
@@ -725,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FILE",
         default=None,
         help="write the receiver file (JSON) pointing at this simulator, for "
-        "`python -m blocks.configure receivers FILE`",
+        "`rfacq configure receivers FILE`",
     )
     args = parser.parse_args(argv)
     path = None if args.network == "seed" else args.network
@@ -744,7 +744,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.write_receivers:
             target = Path(args.write_receivers)
             target.write_text(json.dumps(receivers_document(network, receivers), indent=1))
-            print(f"receivers file: {target} (python -m blocks.configure receivers {target})")
+            print(f"receivers file: {target} (rfacq configure receivers {target})")
         first = next(iter(network.receivers))
         print(f"kiwirecorder: {kiwirecorder_command(network, first, network.emitter.frequency_hz)}")
         print("READY", flush=True)
