@@ -53,6 +53,20 @@ def parser(prog: str, description: str | None, *, storage: bool = True) -> argpa
     return p
 
 
+def add_station_options(p: argparse.ArgumentParser) -> None:
+    """Where kiwirecorder files' stations are: ``--gnss-pos DIR`` and ``--position``
+    (the same options for ``ingest`` and ``locate``)."""
+    p.add_argument("--gnss-pos", default=None, metavar="DIR", help="folder of <station>.txt")
+    p.add_argument(
+        "--position",
+        action="append",
+        dest="positions",
+        default=None,
+        metavar="NAME=LAT,LON",
+        help="a station's position (repeatable; wins over --gnss-pos)",
+    )
+
+
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
     """Send everything written to stdout (Python or file descriptor 1) to stderr.

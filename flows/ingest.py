@@ -361,15 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line; exit 0 when every file was ingested, 1 otherwise."""
     p = cli.parser("flows.ingest", __doc__)
     p.add_argument("--kiwi-wav", nargs="+", required=True, metavar="FILE")
-    p.add_argument("--gnss-pos", default=None, metavar="DIR", help="folder of <station>.txt")
-    p.add_argument(
-        "--position",
-        action="append",
-        dest="positions",
-        default=None,
-        metavar="NAME=LAT,LON",
-        help="a station's position (repeatable; wins over --gnss-pos)",
-    )
+    cli.add_station_options(p)
     p.add_argument("--strict", action="store_true", help="refuse repairable defects too")
     args = vars(p.parse_args(argv))
     as_json = args.pop("json")

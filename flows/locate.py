@@ -205,6 +205,7 @@ async def load_acquisition(
         start = conn.execute(
             select(Acquisition.start_at).where(Acquisition.id == uuid.UUID(acquisition_id))
         ).scalar()
+    engine.dispose()
     days: list[date] = []
     if start is not None:
         days = [start.astimezone(UTC).date()]
@@ -361,7 +362,10 @@ async def locate(
     if truth:
         row["truth_latitude"], row["truth_longitude"] = truth
     engine = (await resolve_database(database, folder)).engine
-    location_id = upsert_location(engine, row)
+    try:
+        location_id = upsert_location(engine, row)
+    finally:
+        engine.dispose()  # one write per run: no pool to keep
 
     png = map_png(outcome.sites, outcome.position, truth=truth, title=_title(outcome))
     map_path = folder / "locations" / f"{location_id}.png"
@@ -454,15 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--acquisition", dest="acquisition_id", metavar="ID")
     src.add_argument("--kiwi-wav", nargs="+", metavar="FILE")
-    p.add_argument("--gnss-pos", default=None, metavar="DIR", help="folder of <station>.txt")
-    p.add_argument(
-        "--position",
-        action="append",
-        dest="positions",
-        default=None,
-        metavar="NAME=LAT,LON",
-        help="a station's position (repeatable; wins over --gnss-pos)",
-    )
+    cli.add_station_options(p)
     p.add_argument(
         "--speed",
         dest="speed_m_s",
