@@ -7,6 +7,7 @@
 - :mod:`blocks.resolve`: a flow's ``storage``/``database``/receiver choice to a block.
 - :mod:`blocks.configure`: saves and removes the blocks (the command is ``rfacq configure``).
 
-Nothing here imports ``tasks/`` or ``flows/`` (import-linter contracts in pyproject.toml;
-the listed exceptions are on their way out).
+- :mod:`blocks.errors`: the root of every error the project raises on purpose.
+
+Nothing here imports ``tasks/`` or ``flows/`` (import-linter contracts in pyproject.toml).
 """

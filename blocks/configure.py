@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from blocks.database import timescaledb_from_settings
+from blocks.errors import RfAcquisitionError
 from blocks.settings import MissingSetting, PostgresSettings, S3Settings
 from blocks.storage import minio_bucket_from_settings
 
 DEFAULT_BLOCK_NAME = "rf-acquisition"
 
 
-class EndpointProblem(RuntimeError):
+class EndpointProblem(RfAcquisitionError, RuntimeError):
     """The storage endpoint could not be used; one line naming the endpoint and why."""
 
 

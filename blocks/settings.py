@@ -22,8 +22,10 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from blocks.errors import RfAcquisitionError
 
-class SettingError(ValueError):
+
+class SettingError(RfAcquisitionError, ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 

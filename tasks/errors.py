@@ -19,23 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+# The root lives in blocks/ (the lowest layer) so configuration errors share it.
+from blocks.errors import RfAcquisitionError as RfAcquisitionError
+
 REDACTED = "***"
-
-
-class RfAcquisitionError(Exception):
-    """Root of the project's errors; ``transient`` says whether a retry may succeed.
-
-    Subclasses set ``transient`` as a class attribute (a whole family is transient or
-    not); an instance may override it (``RfAcquisitionError("...", transient=True)``).
-    Receiver errors (``tasks.kiwisdr.errors.KiwiSDRError``) follow the same contract.
-    """
-
-    transient: bool = False
-
-    def __init__(self, *args: object, transient: bool | None = None) -> None:
-        super().__init__(*args)
-        if transient is not None:
-            self.transient = transient
 
 
 class StorageError(RfAcquisitionError):

@@ -263,3 +263,15 @@ def test_from_env_with_wrong_credentials_ends_in_one_line(
     assert f"from-env: storage at {endpoint} (bucket " in err
     assert "credentials refused" in err and "; nothing saved" in err
     assert "Traceback" not in err and "wrong-secret-key" not in err
+
+
+def test_configuration_errors_share_the_project_root() -> None:
+    """One ``except RfAcquisitionError`` catches a bad setting and a failed task alike."""
+    from blocks.configure import EndpointProblem
+    from blocks.settings import InvalidSetting, MissingSetting
+    from tasks.errors import RfAcquisitionError, StorageError
+
+    for cls in (InvalidSetting, MissingSetting, EndpointProblem, StorageError):
+        assert issubclass(cls, RfAcquisitionError), cls
+    assert issubclass(InvalidSetting, ValueError) and issubclass(EndpointProblem, RuntimeError)
+    assert not InvalidSetting("RF_S3_PORT: 0 is outside 1..65535").transient
