@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run test services-up services-down lint format bench clean
+.PHONY: venv run test services-up services-down lint format bench bench-quick clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -43,16 +43,17 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Storage and database benchmarks need the services: `make services-up` first.
-# bench_flow.py takes BENCH_FLOW_ARGS, e.g. BENCH_FLOW_ARGS="--cases 7:2 --repeat 1".
+# One table of ratios against baselines measured in the same run (bench/run.py); the
+# storage and database rows need the services (`make services-up`), else they say skipped.
+# BENCH_ARGS reaches the runner (e.g. "--only dsp flow"); BENCH_FLOW_ARGS replaces the flow
+# cases, e.g. BENCH_FLOW_ARGS="--cases 7:2 --repeat 1". `make bench-quick`: a smoke check.
+BENCH_ARGS ?=
 BENCH_FLOW_ARGS ?=
 bench: $(STAMP)
-	set -a; [ -f .services/env ] && . .services/env; set +a; \
-	for b in bench/bench_*.py; do \
-		echo "== $$b"; \
-		if [ "$$b" = bench/bench_flow.py ]; then $(PY) "$$b" $(BENCH_FLOW_ARGS) || exit 1; \
-		else $(PY) "$$b" || exit 1; fi; \
-	done
+	$(PY) bench/run.py $(BENCH_ARGS) $(if $(BENCH_FLOW_ARGS),--flow-args "$(BENCH_FLOW_ARGS)")
+
+bench-quick: $(STAMP)
+	$(PY) bench/run.py --quick $(BENCH_ARGS) $(if $(BENCH_FLOW_ARGS),--flow-args "$(BENCH_FLOW_ARGS)")
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

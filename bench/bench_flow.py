@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", nargs="*", default=["7:2", "50:2", "200:2"])
     p.add_argument("--repeat", type=int, default=3, help="runs per case (min and median)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--json", default=None, metavar="PATH", help="write rows (bench/rows.py)")
     args = p.parse_args(argv)
     if args.child:
         n, d = args.child.split(":")
@@ -154,7 +155,105 @@ def main(argv: list[str] | None = None) -> int:
             f"{spread:>9} {r['rss_peak_mb']:>7.0f} {grew:>6.0f} {raw_mb:>6.1f} "
             f"{grew / raw_mb:>7.1f}"
         )
+    if args.json:
+        write_json_rows(args.json, results)
     return 0
+
+
+def write_json_rows(path: str, results: list[dict[str, Any]]) -> None:
+    """The cases' figures as bench/rows.py rows, each against its baseline of the same run
+    (kept apart from the table above so that the two can change independently)."""
+    from rows import row, write_rows  # bench/rows.py, next to this script
+
+    sample_ms = 1e3 / SAMPLE_RATE
+    out = []
+    for r in results:
+        n, d = r["receivers"], r["duration_s"]
+        case = f"{n}x{d:g}s"
+        over = r["wall_s"] - d
+        raw_mb = n * d * SAMPLE_RATE * BYTES_PER_SAMPLE / 2**20
+        small = n <= 7  # the issue's targets: 7 warm wall-D <= 1.5 s; 200 x 2 s the rest
+        big = n >= 200
+        out.append(
+            row(
+                "flow",
+                case,
+                "wall-D",
+                over,
+                "s",
+                "no-op flow, same width",
+                r["noop_s"],
+                target="<= 1.5 s" if small else None,
+                ok=over <= 1.5 if small else None,
+            )
+        )
+        if not small:
+            ratio = r["wall_s"] / (d + 15.0)
+            out.append(
+                row(
+                    "flow",
+                    case,
+                    "wall",
+                    r["wall_s"],
+                    "s",
+                    "D + 15 s",
+                    d + 15.0,
+                    target="<= 1" if big else None,
+                    ok=ratio <= 1.0 if big else None,
+                )
+            )
+        spread = r.get("spread_ms")
+        out.append(
+            row(
+                "flow",
+                case,
+                "first-sample spread",
+                spread,
+                "ms",
+                "one sample period",
+                sample_ms,
+                target="<= 1",
+                ok=None if spread is None else spread <= sample_ms,
+            )
+        )
+        out.append(
+            row(
+                "flow",
+                case,
+                "receivers ok (worst run)",
+                r["ok"],
+                "",
+                "receivers",
+                n,
+                target="= 1",
+                ok=r["ok"] == n,
+            )
+        )
+        out.append(
+            row(
+                "flow",
+                case,
+                "peak RSS",
+                r["rss_peak_mb"],
+                "MB",
+                "RSS after warm-up",
+                r["rss_before_mb"],
+                target="<= 1024 MB" if big and d <= 2 else None,
+                ok=r["rss_peak_mb"] <= 1024 if big and d <= 2 else None,
+            )
+        )
+        out.append(
+            row(
+                "flow",
+                case,
+                "RSS growth",
+                r["rss_peak_mb"] - r["rss_before_mb"],
+                "MB",
+                "raw complex64 samples",
+                raw_mb,
+            )
+        )
+    write_rows(path, out)
 
 
 if __name__ == "__main__":

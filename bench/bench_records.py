@@ -10,11 +10,13 @@ create databases, the configured one, cleaned up afterwards). The record path go
 (INSERT ... ON CONFLICT DO UPDATE); the baseline COPYs into a plain table of the same
 columns, key, CHECKs and time index. Both time the conversion of the same list of dicts and
 a commit. Rounds alternate between the two; medians are reported. A re-run of the same rows
-(every row an update) is timed too.
+(every row an update) is timed too. ``--json PATH`` writes the rows ``bench/run.py``
+collects (bench/rows.py); ``--rows`` / ``--rounds`` shrink the run.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -26,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rows import row, skipped, write_rows
 from sqlalchemy import Engine, text
 
 from blocks.database import PG_ENV, timescaledb_from_env
@@ -109,10 +112,19 @@ def scratch_database(admin: Engine) -> str | None:
     return name
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global ROWS, ROUNDS
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=ROWS, help="rows per round (%(default)s)")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds (%(default)s)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the result rows here")
+    args = p.parse_args(argv)
+    ROWS, ROUNDS = args.rows, args.rounds
     missing = [k for k in PG_ENV if not os.environ.get(k)]
     if missing:
         print(f"bench_records: skipped, {', '.join(missing)} not set")
+        if args.json:
+            write_rows(args.json, [skipped("records", "skipped: no services")])
         return 0
     block = timescaledb_from_env(dict(os.environ))
     admin = block.get_engine(isolation_level="AUTOCOMMIT")
@@ -162,6 +174,32 @@ def main() -> int:
             f"  ratio record/COPY = {ratio:.2f} (target >= {TARGET_RATIO}), "
             f"record >= {TARGET_RATE:,.0f} rows/s: {'PASS' if ok else 'FAIL'}"
         )
+        if args.json:
+            write_rows(
+                args.json,
+                [
+                    row(
+                        "records",
+                        f"{ROWS} rows",
+                        "record path",
+                        rec_rate,
+                        "rows/s",
+                        "raw psycopg COPY",
+                        copy_rate,
+                        target=f">= {TARGET_RATIO} and >= {TARGET_RATE:.0f} rows/s",
+                        ok=ok,
+                    ),
+                    row(
+                        "records",
+                        f"{ROWS} rows",
+                        "re-run (updates)",
+                        ROWS / t_rerun,
+                        "rows/s",
+                        "raw psycopg COPY",
+                        copy_rate,
+                    ),
+                ],
+            )
     finally:
         engine.dispose()
         with admin.connect() as conn:

@@ -9,7 +9,7 @@ window: CPU used in cores (target < 1.0 core for 200 receivers), and frames deli
 ratio of the real-time rate the receivers' sample rates call for (target >= 0.99: nothing
 fell behind). Baseline in the same run: the CPU the simulator needs to make the frames
 alone (``frame_iq`` in a tight loop), so the ratio shows what serving costs on top.
-Always exits 0.
+Always exits 0. ``--json PATH`` writes the rows ``bench/run.py`` collects (bench/rows.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from rows import row, write_rows  # noqa: E402  (bench/rows.py, next to this script)
 
 from tasks.kiwisdr.client import CaptureSettings, capture_iq  # noqa: E402
 from tasks.kiwisdr.codec import SAMPLES_PER_FRAME  # noqa: E402
@@ -55,11 +57,12 @@ async def capture_all(urls: dict[str, str], seconds: float) -> list[object]:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--receivers", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
-    args = parser.parse_args()
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the result rows")
+    args = parser.parse_args(argv)
 
     proc = subprocess.Popen(
         [
@@ -81,8 +84,9 @@ def main() -> None:
         for line in proc.stdout:
             if line.strip() == "READY":
                 break
-            name, url = line.split()
-            urls[name] = url
+            fields = line.split()  # "<name> <url>", or a hint such as a kiwirecorder line
+            if len(fields) == 2 and fields[1].startswith("http"):
+                urls[fields[0]] = fields[1]
         rates = {
             n: r.sample_rate
             for n, r in simulated_network(count=args.receivers)[0].receivers.items()
@@ -114,6 +118,46 @@ def main() -> None:
     )
     ok = cores < 1.0 and frames / expected >= 0.99 and not failures
     print("PASS" if ok else "FAIL")
+    if args.json:
+        case = f"{len(urls)}x{args.seconds:g}s"
+        write_rows(
+            args.json,
+            [
+                row(
+                    "simulator",
+                    case,
+                    "frames delivered (real-time factor)",
+                    frames,
+                    "frames",
+                    "real-time frames",
+                    expected,
+                    target=">= 0.99",
+                    ok=frames / expected >= 0.99,
+                ),
+                row(
+                    "simulator",
+                    case,
+                    "captures failed",
+                    len(failures),
+                    "",
+                    "receivers",
+                    len(urls),
+                    target="= 0",
+                    ok=not failures,
+                ),
+                row(
+                    "simulator",
+                    case,
+                    "simulator CPU",
+                    cores,
+                    "cores",
+                    "frame generation alone",
+                    baseline,
+                    target="< 1 core" if args.receivers >= 200 else None,
+                    ok=cores < 1.0 if args.receivers >= 200 else None,
+                ),
+            ],
+        )
 
 
 if __name__ == "__main__":

@@ -15,10 +15,13 @@ Run (needs the RF_S3_* settings of a running S3 server, e.g. ``make services-up`
 
 Everything is written under a fresh ``bench-<id>/`` folder of the bucket and deleted at
 the end. The script exits 0 whatever the figures (1 only when RF_S3_* are missing).
+``--json PATH`` writes the rows ``bench/run.py`` collects (bench/rows.py); ``--rounds``
+shrinks the run.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import statistics
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import boto3
 import numpy as np
 from botocore.config import Config
+from rows import row, skipped, write_rows
 
 from blocks.storage import S3_ENV, minio_bucket_from_env
 from tasks.objectstore import object_store
@@ -72,9 +76,16 @@ def recordings(started: datetime) -> dict[str, Recording]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds (%(default)s)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the result rows here")
+    args = p.parse_args(argv)
+    rounds = args.rounds
     missing = [k for k in S3_ENV if not os.environ.get(k)]
     if missing:
+        if args.json:
+            write_rows(args.json, [skipped("storage", "skipped: no services")])
         print(
             f"bench_storage: {', '.join(missing)} not set. Start an S3 server and load its "
             "settings first: `make services-up; set -a; . .services/env; set +a`",
@@ -129,7 +140,7 @@ def main() -> int:
             cold = loop.run(through_block("cold"))  # includes building the block's client
             through_raw("cold-raw")
             block_times, raw_times = [], []
-            for i in range(ROUNDS):  # alternate, so both see the same server state
+            for i in range(rounds):  # alternate, so both see the same server state
                 block_times.append(loop.run(through_block(f"b{i}")))
                 raw_times.append(through_raw(f"r{i}"))
             store = object_store(bucket)
@@ -140,12 +151,12 @@ def main() -> int:
     ratio = t_raw / t_block  # throughput ratio: (MB / t_block) / (MB / t_raw)
     print(
         f"  store path (save_recording x{RECEIVERS}, asyncio.gather): first {cold * 1e3:.0f} ms, "
-        f"median {t_block * 1e3:.0f} ms of {ROUNDS} = {total_mb / t_block:.0f} MB/s "
+        f"median {t_block * 1e3:.0f} ms of {rounds} = {total_mb / t_block:.0f} MB/s "
         f"(seed claimed ~{CLAIMED_MS:.0f} ms: {CLAIMED_MS / 1e3 / t_block:.1f}x that speed)"
     )
     print(
         f"  raw boto3 put_object ({RECEIVERS} threads):           "
-        f"median {t_raw * 1e3:.0f} ms of {ROUNDS} = {total_mb / t_raw:.0f} MB/s"
+        f"median {t_raw * 1e3:.0f} ms of {rounds} = {total_mb / t_raw:.0f} MB/s"
     )
     print(
         f"  target: block/raw throughput >= {TARGET_RATIO}: {ratio:.2f} "
@@ -153,6 +164,33 @@ def main() -> int:
         f"(block min/max {min(block_times) * 1e3:.0f}/{max(block_times) * 1e3:.0f} ms, "
         f"raw {min(raw_times) * 1e3:.0f}/{max(raw_times) * 1e3:.0f} ms)"
     )
+    if args.json:
+        case = f"{RECEIVERS} x {SAMPLES * 8 / 2**20:g} MiB"
+        write_rows(
+            args.json,
+            [
+                row(
+                    "storage",
+                    case,
+                    "store path",
+                    total_mb / t_block,
+                    "MB/s",
+                    "raw boto3 put_object",
+                    total_mb / t_raw,
+                    target=f">= {TARGET_RATIO}",
+                    ok=ratio >= TARGET_RATIO,
+                ),
+                row(
+                    "storage",
+                    case,
+                    "store path, first (cold)",
+                    total_mb / cold,
+                    "MB/s",
+                    "raw boto3 put_object",
+                    total_mb / t_raw,
+                ),
+            ],
+        )
     return 0
 
 

@@ -10,14 +10,21 @@ in :mod:`tasks.bucket` and the health probe in :mod:`tasks.health`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from prefect.filesystems import LocalFileSystem
-from prefect_aws import AwsClientParameters, MinIOCredentials, S3Bucket
 
 from blocks.settings import S3Settings
+
+if TYPE_CHECKING:
+    # prefect_aws is imported where an S3 block is built, not here: importing it costs
+    # 0.25-0.45 s (its ECS worker, aiobotocore, boto3), which a run on local storage, the
+    # query and maintenance commands never need.
+    from prefect_aws import S3Bucket
 
 # Timeouts of the client the blocks build: a stopped server fails in about a second
 # (connection refused), a hung one within CONNECT/READ_TIMEOUT_S per attempt.
@@ -46,6 +53,8 @@ def minio_bucket(
     botocore retries twice itself (a stopped server fails in ~1.4 s); longer outages are
     the ``store`` task's retries, which only retry transient errors.
     """
+    from prefect_aws import AwsClientParameters, MinIOCredentials, S3Bucket  # see top
+
     credentials = MinIOCredentials(
         minio_root_user=access_key,
         minio_root_password=secret_key,
@@ -88,9 +97,19 @@ def minio_bucket_from_env(env: Mapping[str, str]) -> S3Bucket:
     return minio_bucket_from_settings(S3Settings.from_mapping(env))
 
 
+def loaded_s3_bucket_class() -> type[S3Bucket] | None:
+    """prefect-aws's S3Bucket class when prefect-aws is already imported, else None.
+
+    For type checks that must not import prefect-aws themselves (see the top): an object
+    can only be an S3Bucket once the module defining it has been imported.
+    """
+    return getattr(sys.modules.get("prefect_aws.s3"), "S3Bucket", None)
+
+
 def describe(fs: object) -> str:
     """Where a block stores, for logs and reports (never with credentials)."""
-    if isinstance(fs, S3Bucket):
+    s3_bucket = loaded_s3_bucket_class()
+    if s3_bucket is not None and isinstance(fs, s3_bucket):
         folder = fs.bucket_folder.strip("/")
         where = f"s3://{fs.bucket_name}/{folder + '/' if folder else ''}"
         endpoint = _endpoint(fs)

@@ -17,23 +17,29 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio.to_thread
-from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import BotoCoreError, ClientError
 from prefect.filesystems import LocalFileSystem
-from prefect_aws import S3Bucket
 
-from blocks.storage import local_base
+from blocks.storage import loaded_s3_bucket_class, local_base
 from tasks.errors import MissingObjectError, StorageError
+
+if TYPE_CHECKING:
+    # boto3, botocore and prefect_aws are imported where S3 is used, not here: they cost
+    # 0.25-0.45 s at import, which storing in a local folder never needs. Code that only
+    # asks whether an object is one of their types checks sys.modules instead (an object
+    # cannot be an instance of a class whose module was never imported).
+    from botocore.exceptions import ClientError
+    from prefect_aws import S3Bucket
 
 T = TypeVar("T")
 
@@ -44,11 +50,7 @@ MULTIPART_CHUNKSIZE = 8 * MiB
 # Sent with every upload (and every part) and verified by the server, which refuses the
 # object with BadDigest when the bytes it received don't match.
 CHECKSUM_ALGORITHM = "CRC32"
-TRANSFER_CONFIG = TransferConfig(
-    multipart_threshold=MULTIPART_THRESHOLD,
-    multipart_chunksize=MULTIPART_CHUNKSIZE,
-    max_concurrency=4,
-)
+
 LIST_PAGE_SIZE = 1000
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 _TMP_SUFFIX = ".partial"
@@ -65,12 +67,39 @@ def s3_status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
+@cache
+def transfer_config() -> Any:
+    """boto3's transfer settings for multipart uploads (built at first use: see the top)."""
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD,
+        multipart_chunksize=MULTIPART_CHUNKSIZE,
+        max_concurrency=4,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """``TRANSFER_CONFIG``, the name this module had for :func:`transfer_config`'s value."""
+    if name == "TRANSFER_CONFIG":
+        return transfer_config()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def botocore_errors() -> Any:
+    """``botocore.exceptions`` when botocore is already imported, else None (see the top)."""
+    return sys.modules.get("botocore.exceptions")
+
+
 def storage_reason(exc: BaseException) -> str:
     """One line about a storage error: S3's code and message, or the type and text."""
-    if isinstance(exc, ClientError):
+    boto = botocore_errors()
+    if boto is not None and isinstance(exc, boto.ClientError):
         error = exc.response.get("Error", {})
         return f"{error.get('Code') or s3_status(exc)}: {error.get('Message') or 'no message'}"
-    if isinstance(exc, BotoCoreError | StorageError | OSError):
+    if isinstance(exc, StorageError | OSError) or (
+        boto is not None and isinstance(exc, boto.BotoCoreError)
+    ):
         return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
@@ -163,13 +192,15 @@ class S3Objects:
                 self.bucket.bucket_name,
                 full,
                 ExtraArgs={"ChecksumAlgorithm": CHECKSUM_ALGORITHM},
-                Config=TRANSFER_CONFIG,
+                Config=transfer_config(),
             )
 
     async def get(self, key: str) -> bytes:
         return await in_thread(self._get, key)
 
     def _get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError  # S3 in use: botocore is loaded
+
         try:
             response = self.client.get_object(
                 Bucket=self.bucket.bucket_name, Key=self._full(key), ChecksumMode="ENABLED"
@@ -345,7 +376,8 @@ def object_store(fs: Any) -> ObjectStore:
         >>> type(store).__name__
         'LocalObjects'
     """
-    if isinstance(fs, S3Bucket):
+    s3_bucket = loaded_s3_bucket_class()
+    if s3_bucket is not None and isinstance(fs, s3_bucket):
         return S3Objects(fs)
     if isinstance(fs, LocalFileSystem):
         return LocalObjects(fs)
@@ -357,9 +389,8 @@ def object_store(fs: Any) -> ObjectStore:
 def presigned_url(fs: Any, key: str, expires_s: int) -> str | None:
     """A time-limited GET link to ``key`` for a browser that has no credentials (an S3
     bucket only; a local folder has no URL a browser could be handed)."""
-    from prefect_aws import S3Bucket
-
-    if not isinstance(fs, S3Bucket):
+    s3_bucket = loaded_s3_bucket_class()
+    if s3_bucket is None or not isinstance(fs, s3_bucket):
         return None
     objects = S3Objects(fs)
     return str(

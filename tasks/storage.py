@@ -23,16 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    FlexibleChecksumError,
-    IncompleteReadError,
-    ReadTimeoutError,
-    ResponseStreamingError,
-)
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -46,7 +36,7 @@ from tasks.errors import (
     StorageError,
     retry_if_transient,
 )
-from tasks.objectstore import object_store
+from tasks.objectstore import botocore_errors, object_store
 from tasks.recording import IntegrityError, Recording, RecordingError, read_recording
 
 __all__ = [
@@ -367,16 +357,27 @@ TRANSIENT_S3_CODES = frozenset(
     }
 )
 _TRANSIENT_TRANSPORT = (
-    EndpointConnectionError,  # connection refused, host unreachable
-    ConnectTimeoutError,
-    ReadTimeoutError,
-    ConnectionClosedError,  # reset mid-request
-    ResponseStreamingError,
-    IncompleteReadError,
-    FlexibleChecksumError,  # a download's checksum didn't match: read again
     ConnectionError,  # the builtin: reset, refused, aborted
     TimeoutError,
 )
+
+
+def _transient_transport() -> tuple[type[BaseException], ...]:
+    """The transport errors worth a retry; botocore's only when botocore is loaded (this
+    module does not import it: see tasks.objectstore's top)."""
+    boto = botocore_errors()
+    if boto is None:
+        return _TRANSIENT_TRANSPORT
+    return (
+        boto.EndpointConnectionError,  # connection refused, host unreachable
+        boto.ConnectTimeoutError,
+        boto.ReadTimeoutError,
+        boto.ConnectionClosedError,  # reset mid-request
+        boto.ResponseStreamingError,
+        boto.IncompleteReadError,
+        boto.FlexibleChecksumError,  # a download's checksum didn't match: read again
+        *_TRANSIENT_TRANSPORT,
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -389,17 +390,18 @@ def is_transient(exc: BaseException) -> bool:
     """
     seen: set[int] = set()
     current: BaseException | None = exc
+    boto, transport = botocore_errors(), _transient_transport()
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, RfAcquisitionError):
             return current.transient
         if isinstance(current, RecordingError):
             return False
-        if isinstance(current, ClientError):
+        if boto is not None and isinstance(current, boto.ClientError):
             error = current.response.get("Error", {})
             status = int(current.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             return error.get("Code") in TRANSIENT_S3_CODES or status >= 500 or status == 429
-        if isinstance(current, _TRANSIENT_TRANSPORT):
+        if isinstance(current, transport):
             return True
         current = current.__cause__ or current.__context__
     return False
