@@ -27,8 +27,9 @@ at its exact frequency, a band of 1/T) and subtracts the noise the band holds,
   scatter over the B T independent bins of the band plus the signal x noise cross term,
   std/P = sqrt(1/snr^2 + 2/snr) / sqrt(B T) with snr = P / (N0 B): nothing measuring that
   band for T seconds does better;
-* noise floor and C/N0: with N0 estimated as the mean of every passband bin outside the
-  band (the best any estimator can do without being told N0).
+* noise floor and C/N0: with N0 estimated as the mean of the capture's Welch PSD (the one
+  measure computes) over every passband bin more than 200 Hz from the band (the best any
+  estimator can do with that PSD without being told N0).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.dsp import measure
+from tasks.dsp import measure, psd
 
 FS = 12001.135
 PASSBAND = (-5000.0, 5000.0)
@@ -120,39 +121,49 @@ def generate(
     return x.astype(np.complex64), Truth(realised, realised * carrier_fraction, centre, band)
 
 
-# Bins of the full-length FFT added on each side of a modulated signal's band: the AM
-# carrier sits between bins, and its leakage must not be counted as noise.
+# Bins of the full-length FFT added on each side of a modulated signal's band (the
+# rectangular window's leakage of the band's edges stays in), and the span either side of
+# the band left out of the oracle's N0 (the Welch Hann window's leakage of a strong signal).
 _ORACLE_GUARD_BINS = 8
+_ORACLE_QUIET_GUARD_HZ = 200.0
 
 
 def oracle(x: np.ndarray, truth: Truth, n0: float) -> tuple[float, float, float]:
     """(signal power with N0 known, signal power with N0 from the quiet bins, that N0):
-    the figures an estimator told the exact signal band reaches on this capture."""
+    the figures an estimator told the exact signal band reaches on this capture.
+
+    A carrier (also AM's) is measured as the DTFT at its exact frequency and subtracted
+    before the band is summed, so its leakage between bins is neither lost nor noise.
+    """
     n = x.size
-    spec = np.fft.fft(x.astype(np.complex128))
-    mag2 = (spec.real**2 + spec.imag**2) / (n * n)  # FS^2 per bin of fs/n Hz
-    f = np.fft.fftfreq(n, 1 / FS)
+    t = np.arange(n)
+    xd = x.astype(np.complex128)
     lo, hi = truth.band_hz
-    passband = (f >= PASSBAND[0]) & (f <= PASSBAND[1])
-    if hi > lo:
-        guard = _ORACLE_GUARD_BINS * FS / n
-        band = (f >= lo - guard) & (f <= hi + guard)
-        band_power, bins = float(mag2[band].sum()), int(np.count_nonzero(band))
-        quiet = passband & ~band
-    elif hi == lo and truth.signal_power > 0:  # a carrier: the DTFT at its frequency
-        t = np.arange(n)
-        band_power = abs(np.vdot(np.exp(2j * math.pi * lo / FS * t), x)) ** 2 / (n * n)
-        bins = 1
-        quiet = passband & (np.abs(f - lo) > _ORACLE_GUARD_BINS * FS / n)
-    else:  # noise only
-        return 0.0, 0.0, float(mag2[passband].mean()) * n / FS
-    n0_quiet = float(mag2[quiet].mean()) * n / FS
-    noise_per_bin = FS / n
-    return (
-        band_power - n0 * noise_per_bin * bins,
-        band_power - n0_quiet * noise_per_bin * bins,
-        n0_quiet,
-    )
+    carrier_power = 0.0
+    if truth.carrier_power > 0:
+        e = np.exp(2j * math.pi * truth.offset_hz / FS * t)
+        a = np.vdot(e, xd) / n
+        carrier_power = abs(a) ** 2
+        xd = xd - a * e
+    f = np.fft.fftfreq(n, 1 / FS)
+    # N0 from the capture's Welch PSD (the one measure uses: a full-length periodogram
+    # leaks a strong signal into every bin) over every passband bin away from the band.
+    fw, dw = psd(x, FS)
+    passband = (fw >= PASSBAND[0]) & (fw <= PASSBAND[1])
+    if truth.signal_power <= 0:  # noise only
+        return 0.0, 0.0, float(dw[passband].mean())
+    bin_hz = FS / n
+    band = (f >= lo - _ORACLE_GUARD_BINS * bin_hz) & (f <= hi + _ORACLE_GUARD_BINS * bin_hz)
+    bins = int(np.count_nonzero(band)) if hi > lo else 0
+    spec = np.fft.fft(xd)
+    band_power = float((spec.real[band] ** 2 + spec.imag[band] ** 2).sum()) / (n * n)
+    if hi == lo:
+        band_power = 0.0
+    measured = carrier_power + band_power
+    bins += 1 if truth.carrier_power > 0 else 0  # the carrier's own bin of noise
+    quiet = passband & ((fw < lo - _ORACLE_QUIET_GUARD_HZ) | (fw > hi + _ORACLE_QUIET_GUARD_HZ))
+    n0_quiet = float(dw[quiet].mean())
+    return measured - n0 * bin_hz * bins, measured - n0_quiet * bin_hz * bins, n0_quiet
 
 
 def crb_std_hz(carrier_power: float, n0: float, n: int) -> float:
@@ -171,6 +182,10 @@ def _p95_max(errors: list[float]) -> str:
     return f"{np.percentile(a, 95):.2f} / {a.max():.2f}"
 
 
+# Below this the oracle's 95th percentile is too small for a ratio to mean anything.
+_RATIO_FROM_DB = 0.05
+
+
 def _p95(errors: list[float]) -> float:
     return float(np.percentile(np.abs(errors), 95)) if errors else math.nan
 
@@ -178,7 +193,7 @@ def _p95(errors: list[float]) -> float:
 def _vs_oracle(measured: list[float], floor: list[float]) -> str:
     """'measured p95 / worst | oracle p95 | measured / oracle' cells."""
     m, o = _p95(measured), _p95(floor)
-    ratio = f"{m / o:.1f}" if o > 0 and math.isfinite(m) else "-"
+    ratio = f"{m / o:.1f}" if o >= _RATIO_FROM_DB and math.isfinite(m) else "-"
     return f"{_p95_max(measured)} | {o:.2f} | {ratio}"
 
 
