@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,7 +203,8 @@ def _db_or_nan(power: float) -> float:
 
 
 def row(kind: str, cn0_dbhz: float, trials: int, seconds: float) -> str:
-    rng = np.random.default_rng(hash((kind, cn0_dbhz)) % 2**32)
+    # a stable seed (hash() of a str changes from one process to the next)
+    rng = np.random.default_rng(zlib.crc32(f"{kind} {cn0_dbhz:g}".encode()))
     n = round(seconds * FS)
     n0 = 1e-7
     e_total, e_sig, e_floor, e_cn0, e_cfo, crbs = [], [], [], [], [], []

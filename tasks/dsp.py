@@ -88,11 +88,36 @@ _DETECTION_SCALES = (1, 8, 64, 256)
 # Per-window probability above which a window is counted as signal when the noise floor
 # is estimated (looser than detection: better to drop a noise bin than keep signal).
 _MASK_P = 1e-4
+# Wider runs tested only for that mask: a modulated signal spread over most of the
+# passband (AM sidebands at 40 dB-Hz) lifts a floor it is not found against otherwise.
+_MASK_ONLY_SCALES = (512,)
 # A real receiver's noise is not flat: filter ripple and skirts move it by a few percent
 # across the passband. Runs of bins must exceed the floor by this much more than chance
 # allows, or an empty channel would read as a wideband "signal".
 _RIPPLE = 0.03
 _FLOOR_ITERATIONS = 4
+_FLOOR_BLOCK = 64
+# The noise floor is the mean of the quiet bins between these quantiles, divided by that
+# trimmed mean's expectation under the bins' chi-square law: nearly as efficient as the
+# plain mean (the floor's error enters the signal power multiplied by the signal's
+# bandwidth over its power, ~6 for a wide signal at 30 dB-Hz), robust to a receiver's
+# filter skirts and to a weak signal's remains like the median.
+_FLOOR_TRIM = (0.1, 0.9)
+# Signal edges: a detected region is grown or trimmed to where its PSD, smoothed over
+# just enough bins that the region's mean level stands _EDGE_SMOOTH deviations of the
+# smoothed noise above the floor (1.._EDGE_SMOOTH_MAX bins), exceeds the floor by
+# _EDGE_SIGMA deviations, i.e. a bin is integrated when the signal it adds is likely
+# more than the noise it brings. A wide roll-off is left out at low C/N0 (a few % of the
+# power, less than the noise it would add) and taken in at high C/N0. The floor leaves
+# out a guard of one smoothing width more.
+_EDGE_SMOOTH = 3.0
+# The roll-off beyond those edges (a raised cosine's outer half, ~5 % of its power at
+# 30 dB-Hz) is taken in by growing the band by this fraction of its width on each side.
+_EDGE_EXTEND = 0.125
+_EDGE_SMOOTH_MAX = 128
+_EDGE_SIGMA = 1.0
+# Bins of a region at least this many deviations above the floor seed its edges.
+_EDGE_SEED_SIGMA = 2.0
 # Bins beyond the passband edge a detected signal may extend into (a carrier at the edge
 # keeps its Hann main lobe, +-2 bins).
 _EDGE_GUARD_BINS = 4
@@ -338,6 +363,7 @@ def _segment_count(n: int, nperseg: int) -> int:
 # white noise: (2/3)^2 and (1/6)^2. A run of w bins therefore averages fewer independent
 # values than w.
 _BIN_RHO = (4.0 / 9.0, 1.0 / 36.0)
+_BIN_VAR_FACTOR = 1.0 + 2.0 * sum(_BIN_RHO)
 
 
 def _run_dof(nu: float, w: int) -> float:
@@ -511,33 +537,92 @@ def _flagged(
     for w, p in sorted(p_of.items()):
         nu_w = _run_dof(nu, w)
         nu_eff = 1.0 / (1.0 / nu_w + 1.0 / nu_floor)
-        margin = 1.0 if w == 1 else 1.0 + _RIPPLE
+        margin = 1.0 if w == 1 or w in _MASK_ONLY_SCALES else 1.0 + _RIPPLE
         hot = _run_mean(work, w) > floor * margin * _threshold(round(nu_eff, 1), p)
         if hot.any():
             fired.append(w)
             new = np.convolve(hot.astype(np.int8), np.ones(w, dtype=np.int8), "full") > 0
             marks |= scipy.ndimage.binary_dilation(new, iterations=2)
             work[marks] = floor
-    return _widened(marks), fired
+    return marks, fired
 
 
-def _widened(marks: np.ndarray) -> np.ndarray:
-    """Each run of marked bins grown by a quarter of its width on both sides.
+def _edges(
+    d: np.ndarray, floor: float, nu: float, core: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The detected regions ``core`` marks, with their edges placed where the signal
+    fades into the noise (see :data:`_EDGE_SMOOTH`), and the same grown by a guard.
 
-    A modulated signal's roll-off (raised cosine, filter skirts) fades into the noise
-    before a test can see it; left in the quiet bins it would lift the floor, left out of
-    the signal it would lower the power. A quarter covers roll-off factors up to ~0.5.
+    A test flags whole runs of bins, so a core overshoots a band edge by up to a run and
+    misses the roll-off the tests could not see; both are fixed here, per region, on the
+    PSD smoothed at the region's own scale.
     """
-    labels, count = scipy.ndimage.label(marks)
+    labels, count = scipy.ndimage.label(core)
+    region = np.zeros(d.size, dtype=bool)
+    guarded = np.zeros(d.size, dtype=bool)
     if count == 0:
-        return marks
-    out = marks.copy()
+        return region, guarded
+    smoothed: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for piece in scipy.ndimage.find_objects(labels):
         start, stop = piece[0].start, piece[0].stop
-        grow = (stop - start) // 4
-        if grow:
-            out[max(start - grow, 0) : stop + grow] = True
-    return out
+        level = float(np.median(d[start:stop])) / floor - 1.0
+        # the run whose noise deviation sqrt(2 / nu_w) is level / _EDGE_SMOOTH
+        # (adjacent bins correlate: nu_w = nu w / _BIN_VAR_FACTOR for a long run)
+        w_dof = 2.0 * (_EDGE_SMOOTH / max(level, 1e-6)) ** 2
+        w = int(min(max(math.ceil(w_dof * _BIN_VAR_FACTOR / nu), 1), _EDGE_SMOOTH_MAX))
+        if w not in smoothed:
+            sigma = math.sqrt(2.0 / _run_dof(nu, w)) * floor
+            excess = scipy.ndimage.uniform_filter1d(d, w, mode="nearest") - floor
+            runs, _ = scipy.ndimage.label(excess > _EDGE_SIGMA * sigma)
+            smoothed[w] = (excess, runs, excess > _EDGE_SEED_SIGMA * sigma)
+        excess, runs, strong = smoothed[w]
+        seeds = runs[start:stop][strong[start:stop]]
+        if seeds.size == 0:  # a weak region: keep its strongest bin's run, if any
+            seeds = runs[start + int(np.argmax(excess[start:stop]))].reshape(1)
+        ids = np.unique(seeds[seeds > 0])
+        grown = np.isin(runs, ids) if ids.size else np.zeros(d.size, dtype=bool)
+        grown[start:stop] |= core[start:stop] & ~grown[start:stop] & (ids.size == 0)
+        # One signal, one band: the dips of its noisy PSD below the threshold are filled,
+        # and the band grown by the roll-off allowance.
+        inside = np.flatnonzero(grown)
+        a, b = int(inside[0]), int(inside[-1]) + 1
+        ext = int(_EDGE_EXTEND * (b - a))
+        grown[max(a - ext, 0) : b + ext] = True
+        region |= grown
+        guarded |= scipy.ndimage.binary_dilation(grown, iterations=w) if w > 1 else grown
+    guarded = scipy.ndimage.binary_dilation(guarded, iterations=2)
+    return region, guarded
+
+
+def _low_quantile_floor(d: np.ndarray, nu: float) -> float:
+    """The 10 % quantile of the means of :data:`_FLOOR_BLOCK`-bin blocks, as a floor.
+
+    Blocks, not bins: a weak wide signal (13 % above the noise over 60 % of the passband)
+    shifts bins scattered by +-30 % into the low quantile, blocks scattered by +-6 % far
+    less, so the first mask already sees it.
+    """
+    blocks = d.size // _FLOOR_BLOCK
+    if blocks < 20:
+        return float(np.quantile(d, 0.1)) / _quantile_to_mean(round(nu, 1), 0.1)
+    means = d[: blocks * _FLOOR_BLOCK].reshape(blocks, _FLOOR_BLOCK).mean(axis=1)
+    nu_block = _run_dof(nu, _FLOOR_BLOCK)
+    return float(np.quantile(means, 0.1)) / _quantile_to_mean(round(nu_block, 1), 0.1)
+
+
+@lru_cache(maxsize=64)
+def _trimmed_to_mean(nu: float) -> float:
+    """Expectation of the :data:`_FLOOR_TRIM` trimmed mean of chi-square(nu)/nu values
+    (x f_nu(x) = nu f_{nu+2}(x), so the partial mean is a chi-square(nu + 2) probability)."""
+    q_lo, q_hi = _FLOOR_TRIM
+    a, b = scipy.stats.chi2.ppf([q_lo, q_hi], nu)
+    inner = scipy.stats.chi2.cdf(b, nu + 2) - scipy.stats.chi2.cdf(a, nu + 2)
+    return float(inner / (q_hi - q_lo))
+
+
+def _trimmed_floor(quiet: np.ndarray, nu: float) -> float:
+    lo, hi = np.quantile(quiet, _FLOOR_TRIM)
+    inside = quiet[(quiet >= lo) & (quiet <= hi)]
+    return float(inside.mean()) / _trimmed_to_mean(round(nu, 1)) if inside.size else 0.0
 
 
 def _spectral_model(
@@ -554,31 +639,30 @@ def _spectral_model(
     pool = passband & ~dc
     count = int(np.count_nonzero(pool))
     scales = [w for w in _DETECTION_SCALES if w <= max(1, m // 4)]
-    mask_p = dict.fromkeys(scales, _MASK_P)
+    mask_p = dict.fromkeys(
+        [w for w in _DETECTION_SCALES + _MASK_ONLY_SCALES if w <= max(1, m // 4)], _MASK_P
+    )
     # Bonferroni over scales and runs; overlapping runs of w bins count as 2m/w tests.
     det_p = {
         w: DETECTION_PFA / (len(scales) * max(1.0, m / w * (1 if w == 1 else 2))) for w in scales
     }
 
-    floor = float(np.quantile(d[pool], 0.1)) / _quantile_to_mean(round(nu, 1), 0.1)
+    floor = _low_quantile_floor(d[pool], nu)
     method = "low-quantile"
     quiet_count = count
-    flagged = np.zeros(m, dtype=bool)
     for _ in range(_FLOOR_ITERATIONS):
         if not floor > 0.0:
             break
-        dn = d
         nu_floor = _run_dof(nu, max(quiet_count, 1))
-        flagged, _ = _flagged(dn, floor, nu, nu_floor, mask_p)
-        quiet = pool & ~flagged
+        flagged, _ = _flagged(d, floor, nu, nu_floor, mask_p)
+        _, guarded = _edges(d, floor, nu, flagged)
+        quiet = pool & ~guarded
         quiet_count = int(np.count_nonzero(quiet))
         if quiet_count < max(16, count // 20):
             method = "low-quantile"  # the signal fills the passband: no quiet part left
             quiet_count = count
             break
-        # The median, not the mean: robust to a receiver's filter skirts at the passband
-        # edges and to a signal's roll-off left among the quiet bins.
-        floor = float(np.median(d[quiet])) / _quantile_to_mean(round(nu, 1), 0.5)
+        floor = _trimmed_floor(d[quiet], nu)
         method = "quiet-bins"
 
     empty = np.zeros(m, dtype=bool)
@@ -589,8 +673,7 @@ def _spectral_model(
         return _SpectralModel(
             0.0, method, empty, line_threshold, "no noise: the capture is constant"
         )
-    dn = d
-    hits, fired = _flagged(dn, floor, nu, _run_dof(nu, quiet_count), det_p)
+    hits, fired = _flagged(d, floor, nu, _run_dof(nu, quiet_count), det_p)
     if not fired:
         return _SpectralModel(
             floor,
@@ -600,9 +683,10 @@ def _spectral_model(
             f"no signal: no PSD bin or run of {'/'.join(map(str, scales[1:]))} bins above "
             f"the noise floor at false-alarm rate {DETECTION_PFA:g}",
         )
+    flagged, _ = _flagged(d, floor, nu, _run_dof(nu, quiet_count), mask_p)
     labels, _ = scipy.ndimage.label(flagged | hits)
     ids = np.unique(labels[hits])
-    signal = np.isin(labels, ids[ids > 0])
+    signal, _ = _edges(d, floor, nu, np.isin(labels, ids[ids > 0]))
     reason = f"detected: PSD runs of {'/'.join(map(str, fired))} bins above the noise floor"
     if method == "low-quantile":
         reason = (
