@@ -143,6 +143,8 @@ _TINY_POWER = 1e-30
 # only has to land inside the main lobe, the ML refinement does the rest. _CFO_BLOCK is the
 # block length used to decimate the capture before that refinement.
 _CFO_ZERO_PAD = 1
+# Welch segments transformed per batched FFT call.
+_WELCH_BATCH = 16
 _CFO_BLOCK = 32
 _CFO_NEWTON_STEPS = 8
 
@@ -313,23 +315,28 @@ def _welch(
     x: np.ndarray, fs: float, nperseg: int, keep: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``scipy.signal.welch`` (Hann, 50 % overlap, no detrend, two-sided density),
-    fftshifted. ``keep`` (one bool per segment) averages only the segments it marks, from
-    ``scipy.signal.spectrogram``'s per-segment periodograms (same scaling)."""
-    common = {
-        "fs": fs,
-        "window": "hann",
-        "nperseg": nperseg,
-        "noverlap": nperseg // 2,
-        "detrend": False,
-        "return_onesided": False,
-        "scaling": "density",
-    }
-    if keep is None:
-        freqs, density = scipy.signal.welch(x, **common)
-    else:
-        freqs, _, sxx = scipy.signal.spectrogram(x, mode="psd", **common)
-        density = sxx[:, keep].mean(axis=1)
-    return scipy.fft.fftshift(freqs), scipy.fft.fftshift(density.astype(np.float64))
+    fftshifted. ``keep`` (one bool per segment) averages only the segments it marks."""
+    hop = nperseg - nperseg // 2
+    frames = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::hop]
+    if keep is not None:
+        frames = frames[keep]
+    window = _periodic_hann(nperseg)
+    density = np.zeros(nperseg, dtype=np.float64)
+    # All segments in one batched FFT (chunked to stay in cache), not one call per segment
+    # as scipy.signal.welch makes: the PSD costs about one FFT pass over the capture.
+    for start in range(0, frames.shape[0], _WELCH_BATCH):
+        spec = scipy.fft.fft(frames[start : start + _WELCH_BATCH] * window, axis=-1)
+        density += (spec.real * spec.real + spec.imag * spec.imag).sum(axis=0, dtype=np.float64)
+    density /= max(frames.shape[0], 1) * fs * float(np.dot(window, window))
+    freqs = scipy.fft.fftfreq(nperseg, 1.0 / fs)
+    return scipy.fft.fftshift(freqs), scipy.fft.fftshift(density)
+
+
+@lru_cache(maxsize=8)
+def _periodic_hann(n: int) -> np.ndarray:
+    w = scipy.signal.get_window("hann", n).astype(np.float32)
+    w.flags.writeable = False
+    return w
 
 
 @lru_cache(maxsize=8)
@@ -427,6 +434,34 @@ def _coarse_offset(x: np.ndarray, fs: float, lo: float, hi: float) -> tuple[floa
     frac = 0.5 * (a - c) / denom if denom < 0.0 else 0.0
     frac = min(max(frac, -0.5), 0.5)
     return (k + frac) * fs / nfft, nfft
+
+
+def _zoom_offset(x: np.ndarray, fs: float, centre: float, half_span: float) -> float:
+    """The strongest line within +-``half_span`` of ``centre``, to a fraction of 1/T.
+
+    Where the PSD has already placed a line within a few of its bins, a full-length FFT
+    is not needed to find it: the capture is mixed down by ``centre``, summed in blocks
+    (a decimation whose alias-free band holds the span), and only that short series is
+    transformed (Hann window, zero-padded 4x).
+    """
+    n = x.size
+    m = int(max(1, min(fs / (8.0 * half_span), n // 64)))
+    blocks = n // m
+    w0 = 2.0 * math.pi * centre / fs
+    inner = np.exp(-1j * w0 * np.arange(m)).astype(np.complex64)
+    z = (x[: blocks * m].reshape(blocks, m) @ inner).astype(np.complex128)
+    z *= np.exp(-1j * w0 * m * np.arange(blocks))
+    rate = fs / m
+    nfft = scipy.fft.next_fast_len(4 * blocks)
+    spec = scipy.fft.fft(z * _hann(blocks), nfft)
+    mag2 = spec.real * spec.real + spec.imag * spec.imag
+    k_max = max(1, math.floor(half_span * nfft / rate))
+    k = _peak_bin(mag2, -k_max, k_max)
+    a, b, c = (math.log(max(float(mag2[(k + d) % nfft]), 1e-300)) for d in (-1, 0, 1))
+    denom = a - 2.0 * b + c
+    frac = min(max(0.5 * (a - c) / denom, -0.5), 0.5) if denom < 0.0 else 0.0
+    # the block sum's centre is (m - 1) / 2 samples in: a pure delay, no frequency shift
+    return centre + (k + frac) * rate / nfft
 
 
 def _refine_offset(x: np.ndarray, fs: float, f0: float) -> float:
@@ -542,9 +577,16 @@ def _flagged(
         if hot.any():
             fired.append(w)
             new = np.convolve(hot.astype(np.int8), np.ones(w, dtype=np.int8), "full") > 0
-            marks |= scipy.ndimage.binary_dilation(new, iterations=2)
+            marks |= _dilated(new, 2)
             work[marks] = floor
     return marks, fired
+
+
+def _dilated(mask: np.ndarray, r: int) -> np.ndarray:
+    """``mask`` grown by ``r`` bins on each side (a running count, O(m) for any r)."""
+    c = np.concatenate(([0], np.cumsum(mask, dtype=np.int64)))
+    idx = np.arange(mask.size)
+    return c[np.minimum(idx + r + 1, mask.size)] > c[np.maximum(idx - r, 0)]
 
 
 def _edges(
@@ -589,8 +631,8 @@ def _edges(
         ext = int(_EDGE_EXTEND * (b - a))
         grown[max(a - ext, 0) : b + ext] = True
         region |= grown
-        guarded |= scipy.ndimage.binary_dilation(grown, iterations=w) if w > 1 else grown
-    guarded = scipy.ndimage.binary_dilation(guarded, iterations=2)
+        guarded |= _dilated(grown, w) if w > 1 else grown
+    guarded = _dilated(guarded, 2)
     return region, guarded
 
 
@@ -650,6 +692,7 @@ def _spectral_model(
     floor = _low_quantile_floor(d[pool], nu)
     method = "low-quantile"
     quiet_count = count
+    previous = None
     for _ in range(_FLOOR_ITERATIONS):
         if not floor > 0.0:
             break
@@ -657,6 +700,9 @@ def _spectral_model(
         flagged, _ = _flagged(d, floor, nu, nu_floor, mask_p)
         _, guarded = _edges(d, floor, nu, flagged)
         quiet = pool & ~guarded
+        if previous is not None and np.array_equal(quiet, previous):
+            break  # converged: the same quiet bins give the same floor
+        previous = quiet
         quiet_count = int(np.count_nonzero(quiet))
         if quiet_count < max(16, count // 20):
             method = "low-quantile"  # the signal fills the passband: no quiet part left
@@ -949,14 +995,13 @@ def measure(
     if a.line_hz is None and mean_is_line:
         # The only line is at 0 Hz: a carrier there, or the receiver's DC; they cannot be
         # told apart, so it is measured as a carrier (and no DC is reported).
-        f0, _ = _coarse_offset(x, fs, -2.0 * a.df, 2.0 * a.df)
+        f0 = _zoom_offset(x, fs, 0.0, 2.0 * a.df)
         cfo, dc = _carrier_and_dc(x, lost, fs, _refine_offset(x, fs, f0))
         xs = _dc_free(x, lost, 0.0 if dc is None else dc)
         a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi)
         modulation = "carrier" if a.line_fraction >= _CARRIER_FRACTION else "am"
     elif a.line_hz is not None:
-        f0, _ = _coarse_offset(xs, fs, a.line_hz - 2.0 * a.df, a.line_hz + 2.0 * a.df)
-        cfo = _refine_offset(xs, fs, f0)
+        cfo = _refine_offset(xs, fs, _zoom_offset(xs, fs, a.line_hz, 2.0 * a.df))
         if abs(a.line_hz) <= (_DC_BINS + 2.5) * a.df:  # the line and the DC overlap
             cfo, dc = _carrier_and_dc(x, lost, fs, cfo)
             xs = _dc_free(x, lost, 0.0 if dc is None else dc)
