@@ -856,6 +856,7 @@ class _Analysis:
     f_hi: float
     line_hz: float | None  # the spectral line's PSD bin, when there is one
     df: float
+    line_local: float = 0.0  # FS^2/Hz: the signal's density around the line, floor included
 
 
 def _analyse(
@@ -897,7 +898,9 @@ def _analyse(
     local = float(np.median(d_band[near] - floor)) if near.any() else 0.0
     if not d_band[peak] > (floor + max(local, 0.0)) * model.line_threshold:
         return _Analysis(spectrum, model, signal, f_lo, f_hi, None, df)
-    return _Analysis(spectrum, model, signal, f_lo, f_hi, float(f_band[peak]), df)
+    return _Analysis(
+        spectrum, model, signal, f_lo, f_hi, float(f_band[peak]), df, floor + max(local, 0.0)
+    )
 
 
 def _line_class(xs: np.ndarray, fs: float, cfo: float, received: int, a: _Analysis) -> str:
@@ -1036,7 +1039,14 @@ def measure(
     elif a.line_hz is not None:
         cfo = _refine_offset(xs, fs, _zoom_offset(xs, fs, a.line_hz, 2.0 * a.df))
         if abs(a.line_hz) <= (_DC_BINS + 2.5) * a.df:  # the line and the DC overlap
-            cfo, dc = _carrier_and_dc(x, lost, fs, cfo)
+            joint, dc = _carrier_and_dc(x, lost, fs, cfo)
+            # A DC no larger than what the signal's own spectrum around the line puts
+            # into a mean (an AM's sidebands cover 0 Hz) is no receiver artefact: fitted,
+            # it would only pull the carrier; the carrier alone is measured then.
+            if dc is None or abs(dc) ** 2 > 20.0 * a.line_local * fs / received:
+                cfo = joint
+            else:
+                cfo = _refine_offset(x, fs, cfo)
             xs = _dc_free(x, lost, 0.0 if dc is None else dc)
             a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi)
         modulation = _line_class(xs, fs, cfo, received, a)
