@@ -107,6 +107,7 @@ _MASK_ONLY_SCALES = (512,)
 # allows, or an empty channel would read as a wideband "signal".
 _RIPPLE = 0.03
 _FLOOR_ITERATIONS = 4
+# Bins per block of the floor's first guess (see _low_quantile_floor).
 _FLOOR_BLOCK = 64
 # The noise floor is the mean of the quiet bins between these quantiles, divided by that
 # trimmed mean's expectation under the bins' chi-square law: nearly as efficient as the
@@ -122,13 +123,13 @@ _FLOOR_TRIM = (0.1, 0.9)
 # power, less than the noise it would add) and taken in at high C/N0. The floor leaves
 # out a guard of one smoothing width more.
 _EDGE_SMOOTH = 3.0
-# The roll-off beyond those edges (a raised cosine's outer half, ~5 % of its power at
-# 30 dB-Hz) is taken in by growing the band by this fraction of its width on each side.
-_EDGE_EXTEND = 0.125
 _EDGE_SMOOTH_MAX = 128
 _EDGE_SIGMA = 1.0
 # Bins of a region at least this many deviations above the floor seed its edges.
 _EDGE_SEED_SIGMA = 2.0
+# The roll-off beyond those edges (a raised cosine's outer half, ~5 % of its power at
+# 30 dB-Hz) is taken in by growing the band by this fraction of its width on each side.
+_EDGE_EXTEND = 0.125
 # Bins beyond the passband edge a detected signal may extend into (a carrier at the edge
 # keeps its Hann main lobe, +-2 bins).
 _EDGE_GUARD_BINS = 4
