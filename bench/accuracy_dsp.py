@@ -53,6 +53,8 @@ ROLL_OFF = 0.35
 AM_INDEX = 0.3  # rms modulation index: sidebands hold ~8 % of the power
 SIGNALS = ("carrier", "bpsk", "qpsk", "am")
 LEVELS = (30, 40, 50, 60, 70, 80)
+# Fraction of the passband a modulated signal occupies: uniform in this range (--occupancy).
+OCCUPANCY = (0.05, 0.6)
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def generate(
     t = np.arange(n)
     power = n0 * 10 ** (cn0_dbhz / 10)
     span = PASSBAND[1] - PASSBAND[0]
-    width = rng.uniform(0.05, 0.6) * span
+    width = rng.uniform(*OCCUPANCY) * span
     centre = rng.uniform(PASSBAND[0] + width / 2 + 50, PASSBAND[1] - width / 2 - 50)
     if kind == "carrier":
         centre = rng.uniform(PASSBAND[0] + 100, PASSBAND[1] - 100)
@@ -260,14 +262,26 @@ def noise_only(trials: int, seconds: float) -> str:
 
 
 def main() -> None:
+    global OCCUPANCY
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--signals", default=",".join(SIGNALS))
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument(
+        "--occupancy",
+        default=",".join(map(str, OCCUPANCY)),
+        help="LOW,HIGH fraction of the passband a modulated signal occupies (0.6,0.6: all "
+        "at 60 %%)",
+    )
     args = parser.parse_args()
+    low, high = (float(v) for v in args.occupancy.split(","))
+    if not 0.0 < low <= high <= 0.9:
+        parser.error(f"--occupancy: need 0 < LOW <= HIGH <= 0.9, got {args.occupancy}")
+    OCCUPANCY = (low, high)
     print(
         f"{args.seconds:g} s captures at {FS} Hz, passband {PASSBAND[0]:g}..{PASSBAND[1]:g} Hz, "
+        f"modulated signals {low:.0%}-{high:.0%} of it, "
         f"{args.trials} trials per row; errors in dB as 95th percentile / worst |error|"
     )
     print()
