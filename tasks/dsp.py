@@ -11,16 +11,23 @@ What a measurement claims, and why:
   false-alarm rate of :data:`DETECTION_PFA` per capture (chi-square thresholds from the
   Welch bins' equivalent degrees of freedom). Otherwise ``detected`` is False, the reason
   says so, and every signal field is None: an empty channel has no C/N0.
-* **Noise floor from the quiet bins.** The floor is the median of the passband bins that
-  no signal test flags (iterated from a low quantile; median/mean of the bins' chi-square
-  law corrected), so a modulated signal filling most of the passband does not lift it and
-  a receiver's filter skirts do not pull it down (``noise_method``).
+* **Noise floor from the quiet bins.** The floor is the trimmed mean (10-90 %) of every
+  passband bin outside the detected signals and a guard around them, divided by that
+  trimmed mean's expectation under the bins' chi-square law; iterated from a low quantile
+  of 64-bin block means. A modulated signal filling most of the passband does not lift it,
+  a receiver's filter skirts do not pull it down, and it is nearly as efficient as the
+  plain mean: its error enters the signal power times the signal's bandwidth over its
+  power, ~6 for a wide signal at 30 dB-Hz (``noise_method``).
 * **Signal power over the signal only**: the PSD above the floor integrated over the
-  detected signal's bins (which may reach a few bins past the passband edge, so a carrier
-  at the edge keeps its window lobe); ``occupied_bandwidth_hz`` holds 99 % of it.
-* **Carrier offset only where a carrier is**: a spectral line (``carrier``, ``am``) is
-  measured by maximum likelihood; a suppressed carrier is recovered from the line of x^2
-  (``bpsk``) or x^4 (``qpsk``); otherwise the offset is None (``unknown``).
+  detected signal's band, whose edges are placed where the PSD, smoothed at the signal's
+  own scale, fades into the noise, grown by a roll-off allowance (and which may reach a
+  few bins past the passband edge, so a carrier at the edge keeps its window lobe);
+  ``occupied_bandwidth_hz`` holds 99 % of it.
+* **Carrier offset only where a carrier is**: a spectral line is found in the PSD, placed
+  by a zoomed FFT of block sums and refined by maximum likelihood; it is a ``carrier``
+  when the tone fitted there holds 95 % of the signal power, else ``am``. A suppressed
+  carrier is recovered from the line of x^2 (``bpsk``) or x^4 (``qpsk``); otherwise the
+  offset is None (``unknown``).
 * **Receiver artefacts are measured, not measured as signal**: the DC offset is removed
   before the PSD (``dc_dbfs``), the fraction of clipped samples is reported
   (``clipped_fraction``), and ``edge_distance_hz`` says how close the signal is to the
@@ -29,6 +36,10 @@ What a measurement claims, and why:
 Lost frames are zero-filled in a capture. Given their positions (``gaps``), :func:`measure`
 reports the figures of the samples that were received: powers average over the received
 samples only, and the PSD uses only Welch segments without a lost sample.
+
+Cost: one Welch PSD (batched FFTs, about one FFT pass over the capture) serves detection,
+floor, power, band and the report's picture; a carrier adds O(N) block sums and a short
+FFT, a suppressed carrier one full-length FFT of x^2 (and of x^4 for QPSK).
 
 Plain numpy/scipy on purpose: no Prefect, no I/O, so the numbers can be unit-tested against
 synthetic captures and benchmarked on their own.
@@ -88,11 +99,37 @@ _DETECTION_SCALES = (1, 8, 64, 256)
 # Per-window probability above which a window is counted as signal when the noise floor
 # is estimated (looser than detection: better to drop a noise bin than keep signal).
 _MASK_P = 1e-4
+# Wider runs tested only for that mask: a modulated signal spread over most of the
+# passband (AM sidebands at 40 dB-Hz) lifts a floor it is not found against otherwise.
+_MASK_ONLY_SCALES = (512,)
 # A real receiver's noise is not flat: filter ripple and skirts move it by a few percent
 # across the passband. Runs of bins must exceed the floor by this much more than chance
 # allows, or an empty channel would read as a wideband "signal".
 _RIPPLE = 0.03
 _FLOOR_ITERATIONS = 4
+# Bins per block of the floor's first guess (see _low_quantile_floor).
+_FLOOR_BLOCK = 64
+# The noise floor is the mean of the quiet bins between these quantiles, divided by that
+# trimmed mean's expectation under the bins' chi-square law: nearly as efficient as the
+# plain mean (the floor's error enters the signal power multiplied by the signal's
+# bandwidth over its power, ~6 for a wide signal at 30 dB-Hz), robust to a receiver's
+# filter skirts and to a weak signal's remains like the median.
+_FLOOR_TRIM = (0.1, 0.9)
+# Signal edges: a detected region is grown or trimmed to where its PSD, smoothed over
+# just enough bins that the region's mean level stands _EDGE_SMOOTH deviations of the
+# smoothed noise above the floor (1.._EDGE_SMOOTH_MAX bins), exceeds the floor by
+# _EDGE_SIGMA deviations, i.e. a bin is integrated when the signal it adds is likely
+# more than the noise it brings. A wide roll-off is left out at low C/N0 (a few % of the
+# power, less than the noise it would add) and taken in at high C/N0. The floor leaves
+# out a guard of one smoothing width more.
+_EDGE_SMOOTH = 3.0
+_EDGE_SMOOTH_MAX = 128
+_EDGE_SIGMA = 1.0
+# Bins of a region at least this many deviations above the floor seed its edges.
+_EDGE_SEED_SIGMA = 2.0
+# The roll-off beyond those edges (a raised cosine's outer half, ~5 % of its power at
+# 30 dB-Hz) is taken in by growing the band by this fraction of its width on each side.
+_EDGE_EXTEND = 0.125
 # Bins beyond the passband edge a detected signal may extend into (a carrier at the edge
 # keeps its Hann main lobe, +-2 bins).
 _EDGE_GUARD_BINS = 4
@@ -102,9 +139,11 @@ _DC_BINS = 1
 # Alternations of the joint carrier + DC fit (least squares DC, ML frequency); each one
 # shrinks the frequency error by the line-DC coupling, ~|sinc(f T)| ** 2.
 _DC_FIT_ITERATIONS = 8
-# A spectral line: its +-3 bins hold this fraction of the signal -> 'carrier'; a line
-# holding less -> 'am' (carrier plus sidebands).
-_CARRIER_FRACTION = 0.98
+# A spectral line holding this fraction of the signal power -> 'carrier'; a line holding
+# less -> 'am' (carrier plus sidebands: AM at index 0.3 leaves 92 %, DCF77-like keying
+# ~89 %). The line's power is the tone fitted at the measured offset (a 1/T bin), not
+# the PSD's bins around it, which also hold slow keying's sidebands.
+_CARRIER_FRACTION = 0.95
 _LINE_BINS = 3
 # Bins each side of a squared signal's strongest bin its line is compared with.
 _LINE_LOCAL = 256
@@ -118,6 +157,8 @@ _TINY_POWER = 1e-30
 # only has to land inside the main lobe, the ML refinement does the rest. _CFO_BLOCK is the
 # block length used to decimate the capture before that refinement.
 _CFO_ZERO_PAD = 1
+# Welch segments transformed per batched FFT call.
+_WELCH_BATCH = 16
 _CFO_BLOCK = 32
 _CFO_NEWTON_STEPS = 8
 
@@ -288,23 +329,28 @@ def _welch(
     x: np.ndarray, fs: float, nperseg: int, keep: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``scipy.signal.welch`` (Hann, 50 % overlap, no detrend, two-sided density),
-    fftshifted. ``keep`` (one bool per segment) averages only the segments it marks, from
-    ``scipy.signal.spectrogram``'s per-segment periodograms (same scaling)."""
-    common = {
-        "fs": fs,
-        "window": "hann",
-        "nperseg": nperseg,
-        "noverlap": nperseg // 2,
-        "detrend": False,
-        "return_onesided": False,
-        "scaling": "density",
-    }
-    if keep is None:
-        freqs, density = scipy.signal.welch(x, **common)
-    else:
-        freqs, _, sxx = scipy.signal.spectrogram(x, mode="psd", **common)
-        density = sxx[:, keep].mean(axis=1)
-    return scipy.fft.fftshift(freqs), scipy.fft.fftshift(density.astype(np.float64))
+    fftshifted. ``keep`` (one bool per segment) averages only the segments it marks."""
+    hop = nperseg - nperseg // 2
+    frames = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::hop]
+    if keep is not None:
+        frames = frames[keep]
+    window = _periodic_hann(nperseg)
+    density = np.zeros(nperseg, dtype=np.float64)
+    # All segments in one batched FFT (chunked to stay in cache), not one call per segment
+    # as scipy.signal.welch makes: the PSD costs about one FFT pass over the capture.
+    for start in range(0, frames.shape[0], _WELCH_BATCH):
+        spec = scipy.fft.fft(frames[start : start + _WELCH_BATCH] * window, axis=-1)
+        density += (spec.real * spec.real + spec.imag * spec.imag).sum(axis=0, dtype=np.float64)
+    density /= max(frames.shape[0], 1) * fs * float(np.dot(window, window))
+    freqs = scipy.fft.fftfreq(nperseg, 1.0 / fs)
+    return scipy.fft.fftshift(freqs), scipy.fft.fftshift(density)
+
+
+@lru_cache(maxsize=8)
+def _periodic_hann(n: int) -> np.ndarray:
+    w = scipy.signal.get_window("hann", n).astype(np.float32)
+    w.flags.writeable = False
+    return w
 
 
 @lru_cache(maxsize=8)
@@ -338,6 +384,7 @@ def _segment_count(n: int, nperseg: int) -> int:
 # white noise: (2/3)^2 and (1/6)^2. A run of w bins therefore averages fewer independent
 # values than w.
 _BIN_RHO = (4.0 / 9.0, 1.0 / 36.0)
+_BIN_VAR_FACTOR = 1.0 + 2.0 * sum(_BIN_RHO)
 
 
 def _run_dof(nu: float, w: int) -> float:
@@ -401,6 +448,51 @@ def _coarse_offset(x: np.ndarray, fs: float, lo: float, hi: float) -> tuple[floa
     frac = 0.5 * (a - c) / denom if denom < 0.0 else 0.0
     frac = min(max(frac, -0.5), 0.5)
     return (k + frac) * fs / nfft, nfft
+
+
+def _zoom_offset(x: np.ndarray, fs: float, centre: float, half_span: float) -> float:
+    """The strongest line within +-``half_span`` of ``centre``, to a fraction of 1/T.
+
+    Where the PSD has already placed a line within a few of its bins, a full-length FFT
+    is not needed to find it: the capture is mixed down by ``centre``, summed in blocks
+    (a decimation whose alias-free band holds the span), and only that short series is
+    transformed (Hann window, zero-padded 4x).
+    """
+    n = x.size
+    m = int(max(1, min(fs / (8.0 * half_span), n // 64)))
+    blocks = n // m
+    w0 = 2.0 * math.pi * centre / fs
+    inner = np.exp(-1j * w0 * np.arange(m)).astype(np.complex64)
+    z = (x[: blocks * m].reshape(blocks, m) @ inner).astype(np.complex128)
+    z *= np.exp(-1j * w0 * m * np.arange(blocks))
+    rate = fs / m
+    nfft = scipy.fft.next_fast_len(4 * blocks)
+    spec = scipy.fft.fft(z * _hann(blocks), nfft)
+    mag2 = spec.real * spec.real + spec.imag * spec.imag
+    k_max = max(1, math.floor(half_span * nfft / rate))
+    k = _peak_bin(mag2, -k_max, k_max)
+    a, b, c = (math.log(max(float(mag2[(k + d) % nfft]), 1e-300)) for d in (-1, 0, 1))
+    denom = a - 2.0 * b + c
+    frac = min(max(0.5 * (a - c) / denom, -0.5), 0.5) if denom < 0.0 else 0.0
+    # the block sum's centre is (m - 1) / 2 samples in: a pure delay, no frequency shift
+    return centre + (k + frac) * rate / nfft
+
+
+def _tone_power(x: np.ndarray, fs: float, f: float, received: int, n0: float) -> float:
+    """Power of the tone at ``f`` in the received samples: |mean of x e^-jwt|^2 less the
+    noise N0 fs / N that mean holds (block sums, so no N-point exponential)."""
+    n = x.size
+    m = max(1, min(_CFO_BLOCK, n // 64))
+    blocks = n // m
+    w = 2.0 * math.pi * f / fs
+    inner = np.exp(-1j * w * np.arange(m)).astype(np.complex64)
+    z = (x[: blocks * m].reshape(blocks, m) @ inner).astype(np.complex128)
+    total = complex(np.dot(z, np.exp(-1j * w * m * np.arange(blocks))))
+    if blocks * m < n:
+        total += complex(x[blocks * m :] @ inner[: n - blocks * m]) * complex(
+            np.exp(-1j * w * blocks * m)
+        )
+    return abs(total / received) ** 2 - n0 * fs / received
 
 
 def _refine_offset(x: np.ndarray, fs: float, f0: float) -> float:
@@ -511,33 +603,99 @@ def _flagged(
     for w, p in sorted(p_of.items()):
         nu_w = _run_dof(nu, w)
         nu_eff = 1.0 / (1.0 / nu_w + 1.0 / nu_floor)
-        margin = 1.0 if w == 1 else 1.0 + _RIPPLE
+        margin = 1.0 if w == 1 or w in _MASK_ONLY_SCALES else 1.0 + _RIPPLE
         hot = _run_mean(work, w) > floor * margin * _threshold(round(nu_eff, 1), p)
         if hot.any():
             fired.append(w)
             new = np.convolve(hot.astype(np.int8), np.ones(w, dtype=np.int8), "full") > 0
-            marks |= scipy.ndimage.binary_dilation(new, iterations=2)
+            marks |= _dilated(new, 2)
             work[marks] = floor
-    return _widened(marks), fired
+    return marks, fired
 
 
-def _widened(marks: np.ndarray) -> np.ndarray:
-    """Each run of marked bins grown by a quarter of its width on both sides.
+def _dilated(mask: np.ndarray, r: int) -> np.ndarray:
+    """``mask`` grown by ``r`` bins on each side (a running count, O(m) for any r)."""
+    c = np.concatenate(([0], np.cumsum(mask, dtype=np.int64)))
+    idx = np.arange(mask.size)
+    return c[np.minimum(idx + r + 1, mask.size)] > c[np.maximum(idx - r, 0)]
 
-    A modulated signal's roll-off (raised cosine, filter skirts) fades into the noise
-    before a test can see it; left in the quiet bins it would lift the floor, left out of
-    the signal it would lower the power. A quarter covers roll-off factors up to ~0.5.
+
+def _edges(
+    d: np.ndarray, floor: float, nu: float, core: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The detected regions ``core`` marks, with their edges placed where the signal
+    fades into the noise (see :data:`_EDGE_SMOOTH`), and the same grown by a guard.
+
+    A test flags whole runs of bins, so a core overshoots a band edge by up to a run and
+    misses the roll-off the tests could not see; both are fixed here, per region, on the
+    PSD smoothed at the region's own scale.
     """
-    labels, count = scipy.ndimage.label(marks)
+    labels, count = scipy.ndimage.label(core)
+    region = np.zeros(d.size, dtype=bool)
+    guarded = np.zeros(d.size, dtype=bool)
     if count == 0:
-        return marks
-    out = marks.copy()
+        return region, guarded
+    smoothed: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for piece in scipy.ndimage.find_objects(labels):
         start, stop = piece[0].start, piece[0].stop
-        grow = (stop - start) // 4
-        if grow:
-            out[max(start - grow, 0) : stop + grow] = True
-    return out
+        level = float(np.median(d[start:stop])) / floor - 1.0
+        # the run whose noise deviation sqrt(2 / nu_w) is level / _EDGE_SMOOTH
+        # (adjacent bins correlate: nu_w = nu w / _BIN_VAR_FACTOR for a long run)
+        w_dof = 2.0 * (_EDGE_SMOOTH / max(level, 1e-6)) ** 2
+        w = int(min(max(math.ceil(w_dof * _BIN_VAR_FACTOR / nu), 1), _EDGE_SMOOTH_MAX))
+        if w not in smoothed:
+            sigma = math.sqrt(2.0 / _run_dof(nu, w)) * floor
+            excess = scipy.ndimage.uniform_filter1d(d, w, mode="nearest") - floor
+            runs, _ = scipy.ndimage.label(excess > _EDGE_SIGMA * sigma)
+            smoothed[w] = (excess, runs, excess > _EDGE_SEED_SIGMA * sigma)
+        excess, runs, strong = smoothed[w]
+        seeds = runs[start:stop][strong[start:stop]]
+        if seeds.size == 0:  # a weak region: keep its strongest bin's run, if any
+            seeds = runs[start + int(np.argmax(excess[start:stop]))].reshape(1)
+        ids = np.unique(seeds[seeds > 0])
+        grown = np.isin(runs, ids) if ids.size else np.zeros(d.size, dtype=bool)
+        grown[start:stop] |= core[start:stop] & ~grown[start:stop] & (ids.size == 0)
+        # One signal, one band: the dips of its noisy PSD below the threshold are filled,
+        # and the band grown by the roll-off allowance.
+        inside = np.flatnonzero(grown)
+        a, b = int(inside[0]), int(inside[-1]) + 1
+        ext = int(_EDGE_EXTEND * (b - a))
+        grown[max(a - ext, 0) : b + ext] = True
+        region |= grown
+        guarded |= _dilated(grown, w) if w > 1 else grown
+    guarded = _dilated(guarded, 2)
+    return region, guarded
+
+
+def _low_quantile_floor(d: np.ndarray, nu: float) -> float:
+    """The 10 % quantile of the means of :data:`_FLOOR_BLOCK`-bin blocks, as a floor.
+
+    Blocks, not bins: a weak wide signal (13 % above the noise over 60 % of the passband)
+    shifts bins scattered by +-30 % into the low quantile, blocks scattered by +-6 % far
+    less, so the first mask already sees it.
+    """
+    blocks = d.size // _FLOOR_BLOCK
+    if blocks < 20:
+        return float(np.quantile(d, 0.1)) / _quantile_to_mean(round(nu, 1), 0.1)
+    means = d[: blocks * _FLOOR_BLOCK].reshape(blocks, _FLOOR_BLOCK).mean(axis=1)
+    nu_block = _run_dof(nu, _FLOOR_BLOCK)
+    return float(np.quantile(means, 0.1)) / _quantile_to_mean(round(nu_block, 1), 0.1)
+
+
+@lru_cache(maxsize=64)
+def _trimmed_to_mean(nu: float) -> float:
+    """Expectation of the :data:`_FLOOR_TRIM` trimmed mean of chi-square(nu)/nu values
+    (x f_nu(x) = nu f_{nu+2}(x), so the partial mean is a chi-square(nu + 2) probability)."""
+    q_lo, q_hi = _FLOOR_TRIM
+    a, b = scipy.stats.chi2.ppf([q_lo, q_hi], nu)
+    inner = scipy.stats.chi2.cdf(b, nu + 2) - scipy.stats.chi2.cdf(a, nu + 2)
+    return float(inner / (q_hi - q_lo))
+
+
+def _trimmed_floor(quiet: np.ndarray, nu: float) -> float:
+    lo, hi = np.quantile(quiet, _FLOOR_TRIM)
+    inside = quiet[(quiet >= lo) & (quiet <= hi)]
+    return float(inside.mean()) / _trimmed_to_mean(round(nu, 1)) if inside.size else 0.0
 
 
 def _spectral_model(
@@ -554,31 +712,34 @@ def _spectral_model(
     pool = passband & ~dc
     count = int(np.count_nonzero(pool))
     scales = [w for w in _DETECTION_SCALES if w <= max(1, m // 4)]
-    mask_p = dict.fromkeys(scales, _MASK_P)
+    mask_p = dict.fromkeys(
+        [w for w in _DETECTION_SCALES + _MASK_ONLY_SCALES if w <= max(1, m // 4)], _MASK_P
+    )
     # Bonferroni over scales and runs; overlapping runs of w bins count as 2m/w tests.
     det_p = {
         w: DETECTION_PFA / (len(scales) * max(1.0, m / w * (1 if w == 1 else 2))) for w in scales
     }
 
-    floor = float(np.quantile(d[pool], 0.1)) / _quantile_to_mean(round(nu, 1), 0.1)
+    floor = _low_quantile_floor(d[pool], nu)
     method = "low-quantile"
     quiet_count = count
-    flagged = np.zeros(m, dtype=bool)
+    previous = None
     for _ in range(_FLOOR_ITERATIONS):
         if not floor > 0.0:
             break
-        dn = d
         nu_floor = _run_dof(nu, max(quiet_count, 1))
-        flagged, _ = _flagged(dn, floor, nu, nu_floor, mask_p)
-        quiet = pool & ~flagged
+        flagged, _ = _flagged(d, floor, nu, nu_floor, mask_p)
+        _, guarded = _edges(d, floor, nu, flagged)
+        quiet = pool & ~guarded
+        if previous is not None and np.array_equal(quiet, previous):
+            break  # converged: the same quiet bins give the same floor
+        previous = quiet
         quiet_count = int(np.count_nonzero(quiet))
         if quiet_count < max(16, count // 20):
             method = "low-quantile"  # the signal fills the passband: no quiet part left
             quiet_count = count
             break
-        # The median, not the mean: robust to a receiver's filter skirts at the passband
-        # edges and to a signal's roll-off left among the quiet bins.
-        floor = float(np.median(d[quiet])) / _quantile_to_mean(round(nu, 1), 0.5)
+        floor = _trimmed_floor(d[quiet], nu)
         method = "quiet-bins"
 
     empty = np.zeros(m, dtype=bool)
@@ -589,8 +750,7 @@ def _spectral_model(
         return _SpectralModel(
             0.0, method, empty, line_threshold, "no noise: the capture is constant"
         )
-    dn = d
-    hits, fired = _flagged(dn, floor, nu, _run_dof(nu, quiet_count), det_p)
+    hits, fired = _flagged(d, floor, nu, _run_dof(nu, quiet_count), det_p)
     if not fired:
         return _SpectralModel(
             floor,
@@ -600,9 +760,10 @@ def _spectral_model(
             f"no signal: no PSD bin or run of {'/'.join(map(str, scales[1:]))} bins above "
             f"the noise floor at false-alarm rate {DETECTION_PFA:g}",
         )
+    flagged, _ = _flagged(d, floor, nu, _run_dof(nu, quiet_count), mask_p)
     labels, _ = scipy.ndimage.label(flagged | hits)
     ids = np.unique(labels[hits])
-    signal = np.isin(labels, ids[ids > 0])
+    signal, _ = _edges(d, floor, nu, np.isin(labels, ids[ids > 0]))
     reason = f"detected: PSD runs of {'/'.join(map(str, fired))} bins above the noise floor"
     if method == "low-quantile":
         reason = (
@@ -695,8 +856,8 @@ class _Analysis:
     f_lo: float
     f_hi: float
     line_hz: float | None  # the spectral line's PSD bin, when there is one
-    line_fraction: float
     df: float
+    line_local: float = 0.0  # FS^2/Hz: the signal's density around the line, floor included
 
 
 def _analyse(
@@ -721,7 +882,7 @@ def _analyse(
     excess = (d_band - floor)[model.signal]
     signal = float(excess.sum()) * df if model.signal.any() else 0.0
     if not signal > 0.0:
-        return _Analysis(spectrum, model, 0.0, 0.0, 0.0, None, 0.0, df)
+        return _Analysis(spectrum, model, 0.0, 0.0, 0.0, None, df)
     f_sig = f_band[model.signal]
     cum = np.cumsum(np.clip(excess, 0.0, None))
     cum /= cum[-1]
@@ -737,12 +898,18 @@ def _analyse(
     near[max(peak - _LINE_BINS - 1, 0) : peak + _LINE_BINS + 2] = False
     local = float(np.median(d_band[near] - floor)) if near.any() else 0.0
     if not d_band[peak] > (floor + max(local, 0.0)) * model.line_threshold:
-        return _Analysis(spectrum, model, signal, f_lo, f_hi, None, 0.0, df)
-    lobe = model.signal.copy()
-    lobe[: max(peak - _LINE_BINS, 0)] = False
-    lobe[peak + _LINE_BINS + 1 :] = False
-    fraction = float((d_band[lobe] - floor).sum()) * df / signal
-    return _Analysis(spectrum, model, signal, f_lo, f_hi, float(f_band[peak]), fraction, df)
+        return _Analysis(spectrum, model, signal, f_lo, f_hi, None, df)
+    return _Analysis(
+        spectrum, model, signal, f_lo, f_hi, float(f_band[peak]), df, floor + max(local, 0.0)
+    )
+
+
+def _line_class(xs: np.ndarray, fs: float, cfo: float, received: int, a: _Analysis) -> str:
+    """'carrier' when the tone at the offset holds the signal, 'am' when sidebands remain."""
+    if not a.signal > 0.0:
+        return "carrier"
+    tone = _tone_power(xs, fs, cfo, received, a.model.floor)
+    return "carrier" if tone >= _CARRIER_FRACTION * a.signal else "am"
 
 
 def _dc_free(x: np.ndarray, lost: np.ndarray | None, dc: complex) -> np.ndarray:
@@ -865,19 +1032,25 @@ def measure(
     if a.line_hz is None and mean_is_line:
         # The only line is at 0 Hz: a carrier there, or the receiver's DC; they cannot be
         # told apart, so it is measured as a carrier (and no DC is reported).
-        f0, _ = _coarse_offset(x, fs, -2.0 * a.df, 2.0 * a.df)
+        f0 = _zoom_offset(x, fs, 0.0, 2.0 * a.df)
         cfo, dc = _carrier_and_dc(x, lost, fs, _refine_offset(x, fs, f0))
         xs = _dc_free(x, lost, 0.0 if dc is None else dc)
         a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi)
-        modulation = "carrier" if a.line_fraction >= _CARRIER_FRACTION else "am"
+        modulation = _line_class(xs, fs, cfo, received, a)
     elif a.line_hz is not None:
-        f0, _ = _coarse_offset(xs, fs, a.line_hz - 2.0 * a.df, a.line_hz + 2.0 * a.df)
-        cfo = _refine_offset(xs, fs, f0)
+        cfo = _refine_offset(xs, fs, _zoom_offset(xs, fs, a.line_hz, 2.0 * a.df))
         if abs(a.line_hz) <= (_DC_BINS + 2.5) * a.df:  # the line and the DC overlap
-            cfo, dc = _carrier_and_dc(x, lost, fs, cfo)
+            joint, dc = _carrier_and_dc(x, lost, fs, cfo)
+            # A DC no larger than what the signal's own spectrum around the line puts
+            # into a mean (an AM's sidebands cover 0 Hz) is no receiver artefact: fitted,
+            # it would only pull the carrier; the carrier alone is measured then.
+            if dc is None or abs(dc) ** 2 > 20.0 * a.line_local * fs / received:
+                cfo = joint
+            else:
+                cfo = _refine_offset(x, fs, cfo)
             xs = _dc_free(x, lost, 0.0 if dc is None else dc)
             a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi)
-        modulation = "carrier" if a.line_fraction >= _CARRIER_FRACTION else "am"
+        modulation = _line_class(xs, fs, cfo, received, a)
     elif a.signal > 0.0:
         guard = _EDGE_GUARD_BINS * a.df
         cfo, modulation = _suppressed_carrier(
