@@ -66,6 +66,9 @@ class ReceiverSeries:
     passband_hz: tuple[float, float] | None = None
     timing_sigma_s: float = 0.0
     flags: tuple[str, ...] = ()
+    # (first sample, length) spans holding no signal (frames lost in the recording,
+    # zero-filled so that every other sample keeps its GPS time): never correlated
+    gaps: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sample_rate_hz) and self.sample_rate_hz > 0):
@@ -150,6 +153,28 @@ class TdoaResult:
 
 class TdoaError(RfAcquisitionError, ValueError):
     """The inputs cannot give any time difference (no common window, too few receivers)."""
+
+
+def best_overlap(
+    spans: dict[str, tuple[int, int]], min_window_ns: int
+) -> tuple[list[str], tuple[int, int]]:
+    """The largest set of receivers whose (start, end) spans share ``min_window_ns``
+    (ties: the longer common window), and that window.
+
+    Recorders start seconds apart and stop at different times; one that missed the
+    others must not take the common window of all of them to nothing.
+    """
+    best: tuple[int, int, list[str], tuple[int, int]] = (0, 0, [], (0, 0))
+    for s0, _ in spans.values():
+        members = [n for n, (a, b) in spans.items() if a <= s0 and b >= s0 + min_window_ns]
+        if not members:
+            continue
+        start = max(spans[n][0] for n in members)
+        end = min(spans[n][1] for n in members)
+        key = (len(members), end - start)
+        if key > best[:2]:
+            best = (*key, members, (start, end))
+    return best[2], best[3]
 
 
 def common_window(receivers: Sequence[ReceiverSeries]) -> tuple[int, int]:
@@ -297,6 +322,20 @@ def _segment_spectra(
     return out
 
 
+def _clean_segments(r: ReceiverSeries, centres_ns: Sequence[int], length: int) -> np.ndarray:
+    """Which segments hold no sample of the receiver's gaps (lost frames)."""
+    ok = np.ones(len(centres_ns), dtype=bool)
+    if not r.gaps:
+        return ok
+    fs = r.sample_rate_hz
+    for s, tc in enumerate(centres_ns):
+        a = round((tc - r.t0_ns) * fs / NS_PER_S) - length // 2
+        # a lag of up to a few ms moves b's segments: keep a margin of 5 % of a segment
+        margin = length // 20
+        ok[s] = all(a + length + margin <= g0 or g0 + n <= a - margin for g0, n in r.gaps)
+    return ok
+
+
 def _tukey(pos: np.ndarray, length: int, alpha: float = 0.2) -> np.ndarray:
     """A Tukey window evaluated at fractional sample positions (0 .. length-1)."""
     x = np.clip(pos / (length - 1), 0.0, 1.0)
@@ -348,7 +387,9 @@ def to_common_rate(receivers: Sequence[ReceiverSeries]) -> list[ReceiverSeries]:
             out.append(r)
             continue
         y = ssignal.resample_poly(r.samples, ratio.numerator, ratio.denominator)
-        out.append(replace(r, samples=y, sample_rate_hz=r.sample_rate_hz * float(ratio)))
+        # the resampling filter smears a gap's edges over a few tens of samples
+        gaps = tuple((max(int(a * ratio) - 32, 0), int(n * ratio) + 64) for a, n in r.gaps)
+        out.append(replace(r, samples=y, sample_rate_hz=r.sample_rate_hz * float(ratio), gaps=gaps))
     return out
 
 
@@ -424,20 +465,37 @@ def estimate_tdoas(
         )
         for r in receivers
     }
+    clean = {r.name: _clean_segments(r, centres, length) for r in receivers}
+    for r in receivers:
+        if r.gaps:
+            result.notes.append(
+                f"{r.name}: {int((~clean[r.name]).sum())} of {nseg} segments fall on lost "
+                "frames and are not correlated"
+            )
     upsample = 4
     for ra, rb in combinations(receivers, 2):
+        use = clean[ra.name] & clean[rb.name]
+        if use.sum() < 2:
+            result.pairs.append(
+                PairTdoa(
+                    ra.name, rb.name, None, None, 0.0, nseg, 0, None,
+                    float(np.linalg.norm(ecef(*ra.position) - ecef(*rb.position))),
+                    "lost frames leave fewer than 2 segments both receivers recorded",
+                )
+            )  # fmt: skip
+            continue
         result.pairs.append(
             _pair(
                 ra,
                 rb,
                 result.carriers[ra.name],
                 result.carriers[rb.name],
-                spectra[ra.name],
-                spectra[rb.name],
-                lambda shift_ns, rb=rb: _segment_spectra(
+                spectra[ra.name][use],
+                spectra[rb.name][use],
+                lambda shift_ns, rb=rb, use=use: _segment_spectra(
                     rb,
                     mixed[rb.name],
-                    [c + shift_ns for c in centres],
+                    [c + shift_ns for c, u in zip(centres, use, strict=True) if u],
                     length,
                     nfft,
                     fs_common,
