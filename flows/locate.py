@@ -111,6 +111,7 @@ def locate_series(
     except TdoaError as exc:
         outcome.error = str(exc)
         return outcome
+    outcome.notes.extend(outcome.tdoa.notes)
     good = outcome.tdoa.good_pairs
     if outcome.tdoa.carrier_only:
         outcome.error = (

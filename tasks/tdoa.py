@@ -44,6 +44,8 @@ NO_SIGNAL = "no coherent signal (noise only or too weak)"
 # scatter-based standard error (not yet explained: a per-receiver component that stays
 # constant over a capture). Scaled so that the 95 % ellipses hold 95 %.
 STDERR_CALIBRATION = 1.25
+# A correlation peak leaning more than this many standard errors is not noise: an echo.
+LEAN_SIGNIFICANT = 3.0
 
 
 @dataclass
@@ -115,6 +117,10 @@ class PairTdoa:
     baseline_m: float
     reason: str | None = None
     snr_z: float = 0.0
+    # how far the middle of the correlation peak's half-power width lies from its top (s):
+    # ~0 for one path; an unresolved echo leans it (and then widens stderr_s)
+    lean_s: float = 0.0
+    multipath: bool = False  # the lean was significant: stderr_s was widened to cover it
 
     @property
     def ok(self) -> bool:
@@ -130,6 +136,8 @@ class PairTdoa:
             "band_hz": None if self.band_hz is None else [round(b, 1) for b in self.band_hz],
             "baseline_km": round(self.baseline_m / 1e3, 2),
             "dropped": self.reason,
+            "peak_lean_us": round(self.lean_s * 1e6, 3),
+            "multipath": self.multipath,
         }
 
 
@@ -336,6 +344,43 @@ def _clean_segments(r: ReceiverSeries, centres_ns: Sequence[int], length: int) -
     return ok
 
 
+def _peak_asymmetry(
+    cross: np.ndarray, omega: np.ndarray, tau: float, band_hz: float, level: float = 0.5
+) -> float:
+    """How far the middle of the correlation peak's half-power width lies from its top (s).
+
+    A single path gives a peak symmetric about the lag (|r(t)| of a pure delay is the
+    magnitude of a real-spectrum transform); a delayed echo that the band cannot resolve
+    leans it towards the echo and pulls the top with it by an unknown part of the lean
+    (from a fraction to all of it in the LF scenarios tried), a bias the segments' scatter
+    cannot see (every segment has the same echo). The half-power lean bounds it in those
+    scenarios, so it is what a significant lean adds to the error.
+    """
+    mag = np.abs(cross).sum(axis=0)
+    rms_hz = math.sqrt(float(np.sum(mag * omega**2) / max(float(mag.sum()), 1e-300))) / (2 * np.pi)
+    # the peak's width is set by where the cross-spectrum's power is, not by the band edges
+    width = 1.0 / max(min(rms_hz, band_hz), 1.0)
+    grid = tau + np.linspace(-2.0 * width, 2.0 * width, 201)
+    prof = np.zeros(grid.size)
+    for rows in np.array_split(np.arange(grid.size), max(1, grid.size * omega.size // 500_000)):
+        steer = np.exp(1j * np.outer(grid[rows], omega))  # a bounded block at a time
+        prof[rows] = np.abs(cross @ steer.T).sum(axis=0)
+    k = int(np.argmax(prof))
+    return _lean(grid, prof, k, level)
+
+
+def _lean(grid: np.ndarray, prof: np.ndarray, k: int, level: float) -> float:
+    cut = prof[k] * level
+    left = np.flatnonzero(prof[:k] < cut)
+    right = np.flatnonzero(prof[k:] < cut)
+    if not left.size or not right.size:
+        return float(grid[-1] - grid[0]) / 2.0  # wider than the window: as uncertain
+    i, j = left[-1], k + right[0]
+    t_left = grid[i] + (cut - prof[i]) / (prof[i + 1] - prof[i]) * (grid[i + 1] - grid[i])
+    t_right = grid[j - 1] + (cut - prof[j - 1]) / (prof[j] - prof[j - 1]) * (grid[j] - grid[j - 1])
+    return float((t_left + t_right) / 2.0 - grid[k])
+
+
 def _tukey(pos: np.ndarray, length: int, alpha: float = 0.2) -> np.ndarray:
     """A Tukey window evaluated at fractional sample positions (0 .. length-1)."""
     x = np.clip(pos / (length - 1), 0.0, 1.0)
@@ -509,6 +554,12 @@ def estimate_tdoas(
                 margin_s,
             )
         )
+    for p in result.pairs:
+        if p.multipath:
+            result.notes.append(
+                f"{p.a}-{p.b}: the correlation peak leans {p.lean_s * 1e6:+.1f} us (an echo "
+                "the band cannot resolve, e.g. skywave): its error is widened to cover it"
+            )
     return result
 
 
@@ -619,6 +670,25 @@ def _pair(
             band,
         )
     quality = float(n / nseg * min(1.0, float(np.mean(peak[keep] / energy[keep])) * 4))
+    lean = _peak_asymmetry(cross[keep], omega, tau - shift_ns / NS_PER_S, high - low)
+    multipath = abs(lean) > LEAN_SIGNIFICANT * stderr
+    if multipath:
+        # an echo the band cannot resolve has pulled the peak by an unknown part of the
+        # lean: the error must cover it (the segments all share the echo, so their
+        # scatter cannot)
+        stderr = math.hypot(stderr, lean)
     return PairTdoa(
-        ra.name, rb.name, tdoa, stderr, quality, nseg, n, band, baseline, None, float(z)
+        ra.name,
+        rb.name,
+        tdoa,
+        stderr,
+        quality,
+        nseg,
+        n,
+        band,
+        baseline,
+        None,
+        float(z),
+        lean,
+        multipath,
     )
