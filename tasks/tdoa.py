@@ -79,7 +79,9 @@ class ReceiverSeries:
             raise ValueError(f"{self.name}: latitude={self.latitude} outside [-90, 90]")
         if not -180.0 <= self.longitude <= 180.0:
             raise ValueError(f"{self.name}: longitude={self.longitude} outside [-180, 180]")
-        self.samples = np.asarray(self.samples).astype(np.complex128, copy=False).ravel()
+        x = np.asarray(self.samples).ravel()
+        # 16-bit receivers' complex64 stays complex64 (half the memory of long files)
+        self.samples = x if x.dtype == np.complex64 else x.astype(np.complex128, copy=False)
         self.t0_ns = int(self.t0_ns)
 
     @property
@@ -293,6 +295,7 @@ def _segment_spectra(
     nfft: int,
     grid_rate_hz: float,
     remove_carrier: bool = False,
+    bins: np.ndarray | None = None,
 ) -> np.ndarray:
     """FFTs of one receiver's segments resampled onto the common GPS time grid.
 
@@ -302,7 +305,8 @@ def _segment_spectra(
     """
     fs = r.sample_rate_hz
     omega = 2.0 * np.pi * sfft.fftfreq(nfft, 1.0 / fs)
-    out = np.zeros((len(centres_ns), nfft), dtype=np.complex128)
+    # only the FFT bins some pair can use are kept (``bins``): the rest is stopband
+    out = np.zeros((len(centres_ns), nfft if bins is None else bins.size), dtype=np.complex128)
     half = length // 2
     j = np.arange(length, dtype=np.float64)
     # Tapered edges: hard block edges ring in the correlation and bias the lag.
@@ -326,7 +330,8 @@ def _segment_spectra(
         y = sfft.ifft(spec)[:length]
         if np.any(stretch):
             y = y + sfft.ifft(1j * omega * spec)[:length] * stretch
-        out[s] = sfft.fft(y * taper, nfft)
+        spec = sfft.fft(y * taper, nfft)
+        out[s] = spec if bins is None else spec[bins]
     return out
 
 
@@ -493,10 +498,20 @@ def estimate_tdoas(
         result.carriers[r.name] = car
         x = r.samples
         if car.frequency_hz is not None:
-            n = np.arange(x.size, dtype=np.float64)
-            x = x * np.exp(-2j * np.pi * car.frequency_hz * n / fs)
+            # complex64 is exact enough for samples from 16-bit receivers and halves the
+            # memory of long recordings
+            phase = np.arange(x.size, dtype=np.float64)
+            phase *= -2.0 * np.pi * car.frequency_hz / fs
+            x = x.astype(np.complex64) * np.exp(1j * phase).astype(np.complex64)
+            del phase
         mixed[r.name] = x
-    freqs = sfft.fftfreq(nfft, 1.0 / fs_common)
+    full_freqs = sfft.fftfreq(nfft, 1.0 / fs_common)
+    # every pair correlates inside both receivers' bands: the union of the bands is all
+    # any pair can use (a tenth of the spectrum for an LF time signal in a 20 kHz stream)
+    low_all = min(c.band_hz[0] for c in result.carriers.values())
+    high_all = max(c.band_hz[1] for c in result.carriers.values())
+    bins = np.flatnonzero((full_freqs >= low_all) & (full_freqs <= high_all))
+    freqs = full_freqs[bins]
     notch = notch_hz if notch_hz is not None else 2.5 * fs_common / nfft * 2
     spectra = {
         r.name: _segment_spectra(
@@ -507,6 +522,7 @@ def estimate_tdoas(
             nfft,
             fs_common,
             result.carriers[r.name].power_order == 1,
+            bins,
         )
         for r in receivers
     }
@@ -545,8 +561,11 @@ def estimate_tdoas(
                     nfft,
                     fs_common,
                     result.carriers[rb.name].power_order == 1,
+                    bins,
                 ),
                 freqs,
+                bins,
+                nfft,
                 fs_common,
                 notch,
                 upsample,
@@ -572,6 +591,8 @@ def _pair(
     sb: np.ndarray,
     shifted_b: Callable[[int], np.ndarray],
     freqs: np.ndarray,
+    bins: np.ndarray,
+    nfft: int,
     fs: float,
     notch: float,
     upsample: int,
@@ -599,20 +620,30 @@ def _pair(
         (np.abs(sa[:, mask]) ** 2).sum(axis=1) * (np.abs(sb[:, mask]) ** 2).sum(axis=1)
     )
     energy[energy == 0] = 1.0
-    nfft = freqs.size
     big = nfft * upsample
-    full = np.zeros((nseg, big), dtype=np.complex128)
-    idx = np.flatnonzero(mask)
+    idx = bins[mask]  # FFT bin numbers of the pair's band
     # place bins at their signed frequency in the upsampled spectrum
-    kk = np.where(freqs[idx] >= 0, idx, idx + big - nfft)
-    full[:, kk] = cross
-    corr = sfft.ifft(full, axis=1) * big  # r[m] = sum C e^{+j w m/(U fs)}
+    kk = np.where(freqs[mask] >= 0, idx, idx + big - nfft)
     lags = sfft.fftfreq(big, 1.0 / big) / (upsample * fs)  # seconds
     limit = baseline / speed + margin_s
-    mag = np.abs(corr) / energy[:, None]
-    total = mag.sum(axis=0)
-    k_all = int(np.argmax(total))
     inside = np.abs(lags) <= limit
+    # A few segments at a time: the upsampled correlations of all segments at once are
+    # nseg x 4 nfft complex values (~150 MB per pair for 60 s at 20250 Hz); ~16 MB here.
+    total = np.zeros(big)
+    seg_k = np.zeros(nseg, dtype=np.int64)
+    block = max(1, 1_000_000 // big)
+    full = np.zeros((min(block, nseg), big), dtype=np.complex128)
+    for lo in range(0, nseg, block):
+        rows = slice(lo, min(lo + block, nseg))
+        part = full[: rows.stop - lo]
+        part[:] = 0.0
+        part[:, kk] = cross[rows]
+        mag = np.abs(sfft.ifft(part, axis=1, overwrite_x=False)) * (big / energy[rows, None])
+        total += mag.sum(axis=0)
+        mag[:, ~inside] = -1.0
+        seg_k[rows] = np.argmax(mag, axis=1)
+    del full
+    k_all = int(np.argmax(total))
     k_in = int(np.flatnonzero(inside)[np.argmax(total[inside])])
     med = float(np.median(total))
     sigma = 1.4826 * float(np.median(np.abs(total - med))) or 1e-12
@@ -627,7 +658,6 @@ def _pair(
         out.snr_z = float(z_all)
         return out
     step = 1.0 / (upsample * fs)
-    seg_k = np.argmax(np.where(inside[None, :], mag, -1.0), axis=1)
     consistent = np.abs(lags[seg_k] - lags[k_in]) <= 2.5 * step
     frac_consistent = float(consistent.mean())
     if z < 8.0 or (nseg >= 4 and frac_consistent < 0.5):
