@@ -6,9 +6,11 @@ this format (kiwisdr-protocol.md, "kiwirecorder IQ files"): a RIFF/WAVE file who
 frame by a 10-byte ``kiwi`` chunk (last_gps_solution, 0, gpssec, gpsnsec) and a ``data``
 chunk of that frame's samples. Real files are damaged in known ways (stale RIFF size,
 a cut-off last chunk, odd-sized chunks with a pad byte, frames without a ``kiwi`` chunk,
-all stamps zero): the reader recovers what can be recovered and lists each repair in
-``defects``; what cannot be used raises :class:`KiwiWavError` naming the file and the
-defect. The writer produces the same format (and each defect on request) for tests.
+frames lost in a network hiccup, all stamps zero): the reader recovers what can be
+recovered (lost frames are zero-filled so every sample keeps its GPS time) and lists each
+repair in ``defects``; what cannot be used raises :class:`KiwiWavError` naming the file
+and the defect. The writer produces the same format (and each defect on request) for
+tests.
 """
 
 from __future__ import annotations
