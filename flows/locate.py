@@ -707,6 +707,11 @@ def main(argv: list[str] | None = None) -> int:
     if result is None:
         return 1
     if not as_json:
+        for f in result.get("files") or []:
+            if f["status"] != "used":
+                name = Path(f["file"]).name
+                reason = str(f["reason"]).removeprefix(f"{name}: ")
+                print(f"{f['status']:8s} {name}: {reason}")
         for r in result["pairs"]:
             print(
                 f"{r['pair']:40s} {r['tdoa_us']!s:>12} us +- {r['stderr_us']!s:>8} "

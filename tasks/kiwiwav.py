@@ -521,5 +521,9 @@ def find_station_position(directory: str | Path, station: str) -> StationPositio
     """The position of ``station`` from ``<directory>/<station>.txt``."""
     path = Path(directory) / f"{station}.txt"
     if not path.exists():
-        raise KiwiWavError(path, f"no position file for station {station!r}")
+        # station names are written in whatever case the operator chose
+        same = [p for p in Path(directory).glob("*.txt") if p.stem.lower() == station.lower()]
+        if len(same) != 1:
+            raise KiwiWavError(path, f"no position file for station {station!r}")
+        path = same[0]
     return read_station_position(path)

@@ -18,6 +18,7 @@ import pytest
 
 from tasks.kiwiwav import (
     KiwiWavError,
+    find_station_position,
     parse_file_name,
     plan_frame_gaps,
     read_kiwi_wav,
@@ -187,3 +188,6 @@ def test_gnss_pos_with_loose_spacing_and_negative_coordinates(tmp_path: Path) ->
     pos = read_station_position(path)
     assert (pos.station, pos.latitude, pos.longitude) == ("LU1XYZ", -34.6037, -58.3816)
     assert (pos.host, pos.port) == ("lu1xyz.example.net", 8073)
+    assert find_station_position(tmp_path, "lu1xyz").latitude == -34.6037  # case differs
+    with pytest.raises(KiwiWavError, match=r"LU1XYZ-2\.txt: no position file"):
+        find_station_position(tmp_path, "LU1XYZ-2")
