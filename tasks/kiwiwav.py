@@ -252,7 +252,8 @@ def read_kiwi_wav(
     if all(s.gpssec == 0 and s.gpsnsec == 0 for s in stamps):
         raise KiwiWavError(path, f"all {len(stamps)} GPS stamps are zero (timestamps off)")
     host_ref_ns = datetime_to_ns(name.start_utc)
-    plan = plan_frame_gaps(stamps, float(fmt[2]), host_ref_ns)
+    frame = int(np.median([p.shape[0] for p in pieces]))
+    plan = plan_frame_gaps(stamps, float(fmt[2]), host_ref_ns, frame)
     for text in plan.notes:
         defect(text)
     # the file name's time is that of the file's first sample, before any dropped frames
@@ -306,7 +307,10 @@ class GapPlan:
 
 
 def plan_frame_gaps(
-    stamps: Sequence[FrameStamp], nominal_rate_hz: float, host_ref_ns: int
+    stamps: Sequence[FrameStamp],
+    nominal_rate_hz: float,
+    host_ref_ns: int,
+    frame_samples: int | None = None,
 ) -> GapPlan:
     """Find lost frames: runs of stamps that each lie on one line, stepping forward.
 
@@ -320,7 +324,9 @@ def plan_frame_gaps(
     fit. Between two runs the step, measured with the longest run's own rate, is the
     whole number of samples lost: zero-filled, so every sample keeps its GPS time. A step
     backwards, not close to whole samples, or longer than ``MAX_GAP_FILL_S`` cannot be
-    filled: then only the longest consistent part of the file is kept.
+    filled: then only the longest consistent part of the file is kept. With
+    ``frame_samples`` (the file's usual data-chunk size) only whole lost frames are
+    filled: a step of any other size is a clock step, not lost data.
     """
     n_frames = len(stamps)
     none = GapPlan({}, 0, n_frames)
@@ -369,6 +375,7 @@ def plan_frame_gaps(
             whole >= 1
             and abs(missing - whole) <= 0.25
             and missing * slope <= MAX_GAP_FILL_S * NS_PER_S
+            and (not frame_samples or whole % frame_samples == 0)
         )
         if ok:
             fills[b[0][0]] = whole
@@ -382,7 +389,7 @@ def plan_frame_gaps(
             start = b[0][0]
             notes.append(
                 f"the GPS stamps step by {missing * slope / 1e6:+.3f} ms before frame {b[0][0]}, "
-                "which no lost-samples gap explains (backwards, not whole samples or longer "
+                "which no lost-frames gap explains (backwards, not whole frames or longer "
                 f"than {MAX_GAP_FILL_S:.0f} s)"
             )
     parts.append((start, n_frames))

@@ -109,6 +109,22 @@ def test_gps_stamps_stepping_backwards_keep_the_longest_part(tmp_path: Path) -> 
     )
 
 
+def test_a_clock_step_that_is_not_whole_frames_is_not_zero_filled(tmp_path: Path) -> None:
+    """Stamps 3 ms ahead from frame 250 on (a receiver clock correction, say): no
+    frames were lost, so nothing is invented; the longer part on one line is kept."""
+    rec = _recording()
+    step = [
+        (lgs, *divmod(sec * 10**9 + nsec + 3_000_000, 10**9)) if k >= 250 else (lgs, sec, nsec)
+        for k, (lgs, sec, nsec) in enumerate(rec.stamps)
+    ]
+    wav = read_kiwi_wav(_write(tmp_path, replace(rec, stamps=step)))
+    assert wav.gaps == [] and wav.samples.size == 250 * lf.FRAME
+    assert any("no lost-frames gap explains" in d for d in wav.defects)
+    assert (
+        abs(time_of_sample(wav.timing, 100 * lf.FRAME) - _true_time_ns(rec, 100 * lf.FRAME)) < 200
+    )
+
+
 def test_hours_off_and_stale_stamps_are_outliers_not_gaps(tmp_path: Path) -> None:
     st = replace(A, defects=("zero_first", "stale_first", "hours_early"))
     rec = _recording(st)
