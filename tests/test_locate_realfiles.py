@@ -137,8 +137,11 @@ def test_recordings_without_common_time_say_so(tmp_path: Path) -> None:
 
 
 def test_a_wide_mode_20250_hz_receiver_with_12001_hz_ones(tmp_path: Path) -> None:
-    wide = replace(B, true_rate_hz=20250.13, passband_hz=5000.0)
+    # with lost frames too: the gap is carried through the resampling to 12001 Hz
+    wide = replace(B, true_rate_hz=20250.13, passband_hz=5000.0, lost_frames=(300, 301))
     outcome, reports, truth = _run(tmp_path, (A, wide, C))
+    assert reports["F5XYZ"].timing["gaps"] == [[300 * lf.FRAME, 2 * lf.FRAME]]  # type: ignore[index]
+    assert any("F5XYZ: 1 of" in n for n in outcome.tdoa.notes)  # type: ignore[union-attr]
     assert reports["F5XYZ"].timing["nominal_rate_hz"] == 20250  # type: ignore[index]
     assert outcome.position is not None and len(outcome.position.receivers_used) == 3
     for p in outcome.tdoa.good_pairs:  # type: ignore[union-attr]
