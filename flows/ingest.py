@@ -241,7 +241,8 @@ async def ingest(
     """Import kiwi-wav files: one recording and row per good file.
 
     Args:
-        kiwi_wav: the files (``YYYYMMDDTHHMMSSZ_<kHz>_<station>_iq.wav``).
+        kiwi_wav: the files (``YYYYMMDDTHHMMSSZ_<frequency>_<station>_iq.wav``; the
+            frequency in whole Hz as kiwirecorder writes it, or kHz with a decimal point).
         gnss_pos: folder of ``<station>.txt`` position files.
         positions: ``NAME=LAT,LON`` positions (win over ``gnss_pos``).
         storage: "auto", "local" or "<block-type>/<name>" (as for ``acquire``).

@@ -39,6 +39,7 @@ from tasks.timing import (
     datetime_to_ns,
     fit_timing,
     ns_to_datetime,
+    ns_to_iso,
 )
 
 SECONDS_PER_WEEK = 7 * 24 * 3600
@@ -110,6 +111,7 @@ def locate_series(
     except TdoaError as exc:
         outcome.error = str(exc)
         return outcome
+    outcome.notes.extend(outcome.tdoa.notes)
     good = outcome.tdoa.good_pairs
     if outcome.tdoa.carrier_only:
         outcome.error = (
@@ -233,6 +235,256 @@ async def load_acquisition(
 # A real KiwiSDR's GPS time of a sample is good to roughly +-100 ns whatever its fit
 # residual says (receiver and antenna delays, firmware); kiwi-wav files come from them.
 KIWI_TIMING_FLOOR_S = 100e-9
+# A receiver without a GPS fix during the recording whose last fix is older than this is
+# coasting on its crystal: tens of us off after a minute, useless for time differences.
+UNLOCKED_LAST_FIX_S = 60
+# The recordings must share this much GPS time; receivers that do not are left out.
+MIN_COMMON_WINDOW_S = 1.0
+# Tuned frequencies closer than this are the same (file names carry whole Hz or kHz).
+SAME_FREQUENCY_HZ = 1.0
+
+
+@dataclass
+class FileReport:
+    """What became of one input file: ``used`` (in the position), ``unused`` (correlated
+    but no position used it), ``excluded`` (readable but left out, with the reason) or
+    ``failed`` (unreadable or without a position)."""
+
+    file: str
+    station: str | None = None
+    frequency_hz: float | None = None
+    status: str = "failed"
+    reason: str | None = None
+    defects: list[str] = field(default_factory=list)
+    timing: dict[str, Any] | None = None
+    window_utc: tuple[str, str] | None = None
+    series: ReceiverSeries | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "station": self.station,
+            "frequency_hz": self.frequency_hz,
+            "status": self.status,
+            "reason": self.reason,
+            "defects": self.defects,
+            "timing": self.timing,
+            "window_utc": list(self.window_utc) if self.window_utc else None,
+        }
+
+    def exclude(self, reason: str) -> None:
+        self.status, self.reason, self.series = "excluded", reason, None
+
+
+def _read_kiwi_file(
+    path: str, positions: dict[str, Any], gnss_pos: str | None, timing_floor_s: float
+) -> FileReport:
+    """One file -> its receiver series, or the reason it cannot be one."""
+    from tasks.kiwiwav import KiwiWavError, find_station_position, parse_file_name, read_kiwi_wav
+
+    report = FileReport(file=path)
+    try:
+        name = parse_file_name(path)
+        report.station, report.frequency_hz = name.station, name.frequency_hz
+        pos = positions.get(name.station)
+        if pos is None:
+            if gnss_pos is None:
+                raise KiwiWavError(
+                    path,
+                    f"no position for station {name.station!r}: give --gnss-pos DIR (with "
+                    f"{name.station}.txt) or --position {name.station}=LAT,LON",
+                )
+            pos = find_station_position(gnss_pos, name.station)
+        wav = read_kiwi_wav(path)
+    except (KiwiWavError, ValueError, OSError) as exc:
+        msg, prefix = str(exc), f"{Path(path).name}: "
+        report.reason = msg if msg.startswith(prefix) else prefix + msg
+        return report
+    tm = wav.timing
+    report.defects = list(wav.defects)
+    report.timing = {
+        "first_sample_utc": ns_to_iso(tm.t0_ns),
+        "sample_rate_fitted_hz": tm.sample_rate_hz,
+        "nominal_rate_hz": wav.nominal_rate_hz,
+        "residual_ns": tm.residual_ns,
+        "fixes": tm.fixes,
+        "outliers": tm.outliers,
+        "locked": tm.locked,
+        "flags": list(tm.flags),
+        "gaps": [[int(a), int(b)] for a, b in wav.gaps],
+    }
+    end_ns = tm.t0_ns + round(wav.samples.size * NS_PER_S / tm.sample_rate_hz)
+    report.window_utc = (ns_to_iso(tm.t0_ns), ns_to_iso(end_ns))
+    report.status = "excluded"
+    if not tm.gps:
+        report.reason = f"no GPS timing ({', '.join(tm.flags)})"
+        return report
+    unlocked = _unlocked(wav.stamps, tm)
+    if unlocked:
+        report.reason = unlocked
+        return report
+    sigma = (tm.residual_ns or 0.0) / max(tm.fixes, 1) ** 0.5 / NS_PER_S
+    report.series = ReceiverSeries(
+        wav.station,
+        pos.latitude,
+        pos.longitude,
+        0.0,
+        wav.samples,
+        tm.t0_ns,
+        tm.sample_rate_hz,
+        wav.frequency_hz,
+        timing_sigma_s=max(sigma, timing_floor_s),
+        flags=tm.flags,
+        gaps=tuple(wav.gaps),
+    )
+    report.status, report.reason = "used", None
+    return report
+
+
+def _unlocked(stamps: list[FrameStamp], tm: TimingModel) -> str | None:
+    """Why a receiver's GPS clock cannot be trusted for time differences, if it cannot."""
+    if tm.fixes > 0:
+        return None
+    ages = [s.last_gps_solution for s in stamps if not s.empty and not s.no_gps_clock]
+    if ages and min(ages) > UNLOCKED_LAST_FIX_S:
+        return (
+            f"GPS not locked: no fix during the recording and the last one {min(ages)} s "
+            f"before it (> {UNLOCKED_LAST_FIX_S} s): the receiver clock is coasting"
+        )
+    return None
+
+
+def _one_frequency(reports: list[FileReport]) -> None:
+    """Keep the files of the frequency most of them are tuned to (time differences need
+    one signal); the others are excluded naming both frequencies."""
+    live = [r for r in reports if r.series is not None]
+    groups: dict[float, list[FileReport]] = {}
+    for r in live:
+        key = next(
+            (f for f in groups if abs(f - float(r.frequency_hz or 0)) <= SAME_FREQUENCY_HZ),
+            float(r.frequency_hz or 0),
+        )
+        groups.setdefault(key, []).append(r)
+    if len(groups) < 2:
+        return
+    sizes = sorted((len(v) for v in groups.values()), reverse=True)
+    listing = ", ".join(f"{f / 1e3:g} kHz: {len(v)} file(s)" for f, v in groups.items())
+    if sizes[0] == sizes[1]:
+        for r in live:
+            r.exclude(
+                f"the files are tuned to different frequencies ({listing}) and none has most "
+                "files: locate needs recordings of one frequency"
+            )
+        return
+    keep = max(groups, key=lambda f: len(groups[f]))
+    for f, members in groups.items():
+        if f != keep:
+            for r in members:
+                r.exclude(
+                    f"tuned to {f / 1e3:g} kHz, the other files to {keep / 1e3:g} kHz: "
+                    "time differences need the same frequency"
+                )
+
+
+def _common_time(reports: list[FileReport], min_window_s: float) -> None:
+    """Keep the largest set of recordings sharing at least ``min_window_s`` of GPS time
+    (ties: the longer window); the others are excluded with their own span and the
+    window they miss."""
+    from tasks.tdoa import best_overlap
+
+    live = {r.station: r for r in reports if r.series is not None}
+    if len(live) < 2:
+        return
+    spans = {name: (r.series.t0_ns, r.series.end_ns) for name, r in live.items()}  # type: ignore[union-attr]
+    chosen, (start, end) = best_overlap(spans, round(min_window_s * NS_PER_S))
+    for name, r in live.items():
+        if name in chosen and len(chosen) >= 2:
+            continue
+        a, b = spans[name]
+        if len(chosen) < 2:
+            r.exclude(
+                f"recorded {ns_to_iso(a)} .. {ns_to_iso(b)}: no two recordings share "
+                f"{min_window_s:g} s of GPS time"
+            )
+        else:
+            r.exclude(
+                f"recorded {ns_to_iso(a)} .. {ns_to_iso(b)}: does not cover the window "
+                f"{ns_to_iso(start)} .. {ns_to_iso(end)} that {len(chosen)} other "
+                f"recordings share (>= {min_window_s:g} s needed)"
+            )
+
+
+def locate_kiwi_files(
+    files: list[str],
+    gnss_pos: str | None,
+    positions: list[str] | None,
+    *,
+    speed_m_s: float = SPEED_OF_LIGHT,
+    emitter_altitude_m: float = 0.0,
+    truth: tuple[float, float] | None = None,
+    timing_floor_s: float = KIWI_TIMING_FLOOR_S,
+    min_window_s: float = MIN_COMMON_WINDOW_S,
+) -> tuple[LocateOutcome, list[FileReport]]:
+    """kiwirecorder files -> a position, and what became of every file (no Prefect).
+
+    Each file is read, timed and placed on its own; one that cannot be used is reported
+    with its reason and the others go on: unreadable or damaged beyond repair, no
+    position, no GPS timing, an unlocked GPS clock, another frequency than most files,
+    no GPS time in common with the others, a second file of the same station.
+    """
+    from flows.ingest import parse_positions
+
+    given = parse_positions(positions)
+    reports = [_read_kiwi_file(f, given, gnss_pos, timing_floor_s) for f in files]
+    seen: dict[str, str] = {}
+    for r in reports:
+        if r.series is None:
+            continue
+        if r.station in seen:
+            r.exclude(f"station {r.station!r} already given by {Path(seen[r.station]).name}")
+        else:
+            seen[r.station or ""] = r.file
+    _one_frequency(reports)
+    _common_time(reports, min_window_s)
+    series = [r.series for r in reports if r.series is not None]
+    outcome = locate_series(
+        series, speed_m_s=speed_m_s, emitter_altitude_m=emitter_altitude_m, truth=truth
+    )
+    if not series:
+        outcome.frequency_hz = next((r.frequency_hz for r in reports if r.frequency_hz), 0.0)
+    used = set(outcome.position.receivers_used) if outcome.position else set()
+    paired = {n for p in (outcome.tdoa.good_pairs if outcome.tdoa else []) for n in (p.a, p.b)}
+    for r in reports:
+        if r.series is None:
+            continue
+        if r.station in used:
+            continue
+        r.status = "unused"
+        if r.station in paired:
+            r.reason = f"its time differences gave no position: {outcome.error or 'rejected'}"
+        else:
+            dropped = sorted(
+                {
+                    p.reason
+                    for p in (outcome.tdoa.pairs if outcome.tdoa else [])
+                    if r.station in (p.a, p.b) and p.reason
+                }
+            )
+            r.reason = "no usable time difference: " + (
+                "; ".join(dropped) or outcome.error or "not correlated"
+            )
+    left_out = [r for r in reports if r.status in ("failed", "excluded")]
+    outcome.notes.extend(f"{Path(r.file).name}: {r.status}: {r.reason}" for r in left_out)
+    if len(series) < 2:
+        outcome.error = (
+            f"{len(series)} usable recording(s) of {len(files)}: a time difference needs two "
+            "and a position three"
+        )
+    if outcome.error and left_out:
+        outcome.error += "; left out: " + "; ".join(
+            f"{Path(r.file).name} ({r.reason})" for r in left_out
+        )
+    return outcome, reports
 
 
 def load_kiwi_wav(
@@ -243,40 +495,17 @@ def load_kiwi_wav(
 ) -> tuple[list[ReceiverSeries], list[str]]:
     """Receivers from kiwirecorder files; files that cannot be used are named, not fatal."""
     from flows.ingest import parse_positions
-    from tasks.kiwiwav import KiwiWavError, find_station_position, read_kiwi_wav
 
     given = parse_positions(positions)
     out, problems = [], []
     for f in files:
-        try:
-            wav = read_kiwi_wav(f)
-            pos = given.get(wav.station)
-            if pos is None:
-                if gnss_pos is None:
-                    raise KiwiWavError(f, f"no position for station {wav.station!r}")
-                pos = find_station_position(gnss_pos, wav.station)
-            tm = wav.timing
-            if not tm.gps:
-                problems.append(f"{f}: no GPS timing ({', '.join(tm.flags)}): left out")
-                continue
-            sigma = (tm.residual_ns or 0.0) / max(tm.fixes, 1) ** 0.5 / NS_PER_S
-            sigma = max(sigma, timing_floor_s)
-            out.append(
-                ReceiverSeries(
-                    wav.station,
-                    pos.latitude,
-                    pos.longitude,
-                    0.0,
-                    wav.samples,
-                    tm.t0_ns,
-                    tm.sample_rate_hz,
-                    wav.frequency_hz,
-                    timing_sigma_s=sigma,
-                    flags=tm.flags,
-                )
-            )
-        except (KiwiWavError, ValueError) as exc:
-            problems.append(str(exc))
+        r = _read_kiwi_file(f, given, gnss_pos, timing_floor_s)
+        if r.series is not None:
+            out.append(r.series)
+        else:
+            prefix = f"{Path(f).name}: "
+            reason = r.reason or ""
+            problems.append(reason if reason.startswith(prefix) else prefix + reason)
     return out, problems
 
 
@@ -303,31 +532,33 @@ async def locate(
     if (acquisition_id is None) == (not kiwi_wav):
         raise ValueError("give exactly one of acquisition_id or kiwi_wav")
     folder = Path(data_dir) if data_dir else default_data_dir()
-    problems: list[str] = []
-    if acquisition_id is not None:
-        series = await load_acquisition(acquisition_id, storage, database, folder)
-        source = "acquisition"
-    else:
-        series, problems = load_kiwi_wav(list(kiwi_wav or []), gnss_pos, positions)
-        source = "kiwi-wav"
-    for p in problems:
-        logger.warning("%s", p)
     truth = (
         (truth_latitude, truth_longitude)
         if truth_latitude is not None and truth_longitude is not None
         else None
     )
-    outcome = locate_series(
-        series, speed_m_s=speed_m_s, emitter_altitude_m=emitter_altitude_m, truth=truth
-    )
-    outcome.notes.extend(problems)
-    if outcome.error and problems:
-        outcome.error += f"; left out: {'; '.join(problems)}"
-    if not outcome.frequency_hz and kiwi_wav:
-        from tasks.kiwiwav import KiwiWavError, parse_file_name
-
-        with contextlib.suppress(KiwiWavError):
-            outcome.frequency_hz = parse_file_name(kiwi_wav[0]).frequency_hz
+    reports: list[FileReport] = []
+    if acquisition_id is not None:
+        series = await load_acquisition(acquisition_id, storage, database, folder)
+        source = "acquisition"
+        outcome = locate_series(
+            series, speed_m_s=speed_m_s, emitter_altitude_m=emitter_altitude_m, truth=truth
+        )
+    else:
+        source = "kiwi-wav"
+        outcome, reports = locate_kiwi_files(
+            list(kiwi_wav or []),
+            gnss_pos,
+            positions,
+            speed_m_s=speed_m_s,
+            emitter_altitude_m=emitter_altitude_m,
+            truth=truth,
+        )
+    for r in reports:
+        if r.status in ("failed", "excluded"):
+            logger.warning("%s: %s: %s", Path(r.file).name, r.status, r.reason)
+        for d in r.defects:
+            logger.warning("%s: repaired: %s", Path(r.file).name, d)
     flow_run_id = _flow_run_id()
     start_ns = outcome.tdoa.window_start_ns if outcome.tdoa else None
     when = ns_to_datetime(start_ns) if start_ns else datetime.now(UTC)
@@ -396,6 +627,7 @@ async def locate(
         "map": str(map_path),
         "window_start_utc": when.isoformat(),
         "notes": outcome.notes,
+        "files": [r.as_dict() for r in reports],
     }
     return summary
 
@@ -475,6 +707,11 @@ def main(argv: list[str] | None = None) -> int:
     if result is None:
         return 1
     if not as_json:
+        for f in result.get("files") or []:
+            if f["status"] != "used":
+                name = Path(f["file"]).name
+                reason = str(f["reason"]).removeprefix(f"{name}: ")
+                print(f"{f['status']:8s} {name}: {reason}")
         for r in result["pairs"]:
             print(
                 f"{r['pair']:40s} {r['tdoa_us']!s:>12} us +- {r['stderr_us']!s:>8} "

@@ -6,17 +6,20 @@ this format (kiwisdr-protocol.md, "kiwirecorder IQ files"): a RIFF/WAVE file who
 frame by a 10-byte ``kiwi`` chunk (last_gps_solution, 0, gpssec, gpsnsec) and a ``data``
 chunk of that frame's samples. Real files are damaged in known ways (stale RIFF size,
 a cut-off last chunk, odd-sized chunks with a pad byte, frames without a ``kiwi`` chunk,
-all stamps zero): the reader recovers what can be recovered and lists each repair in
-``defects``; what cannot be used raises :class:`KiwiWavError` naming the file and the
-defect. The writer produces the same format (and each defect on request) for tests.
+frames lost in a network hiccup, all stamps zero): the reader recovers what can be
+recovered (lost frames are zero-filled so every sample keeps its GPS time) and lists each
+repair in ``defects``; what cannot be used raises :class:`KiwiWavError` naming the file
+and the defect. The writer produces the same format (and each defect on request) for
+tests.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,11 +28,13 @@ import numpy as np
 from tasks.errors import RfAcquisitionError
 from tasks.timing import (
     DEFAULT_MAX_HOST_OFFSET_S,
+    NS_PER_S,
     FrameStamp,
     TimingError,
     TimingModel,
     datetime_to_ns,
     fit_timing,
+    gps_stamp_to_utc_ns,
 )
 
 _CHUNK = struct.Struct("<4sI")
@@ -37,8 +42,9 @@ _KIWI = struct.Struct("<4sIBBII")  # b'kiwi', 10, last_gps_solution, 0, gpssec, 
 _KIWI_BODY = 10
 _FMT = struct.Struct("<HHIIHH")
 _NAME = re.compile(
-    r"^(?P<ts>\d{8}T\d{6}Z)_(?P<khz>\d+(?:\.\d+)?)_(?P<station>[^/]+?)_iq\.wav$", re.IGNORECASE
+    r"^(?P<ts>\d{8}T\d{6}Z)_(?P<freq>\d+(?:\.\d+)?)_(?P<station>[^/]+?)_iq\.wav$", re.IGNORECASE
 )
+_NO_STATION = re.compile(r"^\d{8}T\d{6}Z_\d+(?:\.\d+)?_iq\.wav$", re.IGNORECASE)
 _POS = re.compile(
     r"d\.(?P<station>[\w.-]+)\s*=\s*struct\(\s*'coord'\s*,\s*\[\s*(?P<lat>[-+0-9.eE]+)\s*,\s*"
     r"(?P<lon>[-+0-9.eE]+)\s*\]\s*(?:,\s*'host'\s*,\s*'(?P<host>[^']*)'\s*)?"
@@ -77,6 +83,8 @@ class KiwiWav:
     stamps: list[FrameStamp]
     timing: TimingModel
     defects: list[str] = field(default_factory=list)
+    # spans (first sample, length) zero-filled for frames lost in the recording
+    gaps: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -95,21 +103,38 @@ class StationPosition:
 
 
 def parse_file_name(path: str | Path) -> FileName:
-    """``YYYYMMDDTHHMMSSZ_<frequency kHz>_<station>_iq.wav`` -> :class:`FileName`."""
+    """``YYYYMMDDTHHMMSSZ_<frequency>_<station>_iq.wav`` -> :class:`FileName`.
+
+    kiwirecorder writes the frequency as whole Hz (``int(kHz * 1000)``: ``77500``); names
+    written by hand or by other tools carry kHz with a decimal point (``77.50``,
+    ``10000.00``). So a field with a decimal point is kHz, a whole number is Hz.
+    """
     name = Path(path).name
     m = _NAME.match(name)
     if not m:
+        hint = (
+            "no station in the name (kiwirecorder without --station): rename it to "
+            "..._<station>_iq.wav"
+            if _NO_STATION.match(name)
+            else "rename it (kiwirecorder -m iq --kiwi-wav --station=NAME writes such names)"
+        )
         raise KiwiWavError(
-            path, "file name does not match YYYYMMDDTHHMMSSZ_<frequency kHz>_<station>_iq.wav"
+            path,
+            "file name does not match YYYYMMDDTHHMMSSZ_<frequency Hz, or kHz with a decimal "
+            f"point>_<station>_iq.wav: {hint}",
         )
     start = datetime.strptime(m["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    return FileName(start, float(m["khz"]) * 1e3, m["station"])
+    field_ = m["freq"]
+    frequency_hz = float(field_) * 1e3 if "." in field_ else float(field_)
+    if not 0 < frequency_hz <= 10e9:
+        raise KiwiWavError(path, f"frequency {field_!r} in the file name is not a frequency")
+    return FileName(start, frequency_hz, m["station"])
 
 
 def file_name(start_utc: datetime, frequency_hz: float, station: str) -> str:
-    """The kiwirecorder name for a recording (frequency in kHz, as the recorder writes it)."""
-    khz = f"{frequency_hz / 1e3:.3f}".rstrip("0").rstrip(".")
-    return f"{start_utc.astimezone(UTC):%Y%m%dT%H%M%SZ}_{khz}_{station}_iq.wav"
+    """The kiwirecorder name for a recording (frequency in whole Hz, as kiwirecorder
+    writes it)."""
+    return f"{start_utc.astimezone(UTC):%Y%m%dT%H%M%SZ}_{int(frequency_hz)}_{station}_iq.wav"
 
 
 def read_kiwi_wav(
@@ -153,25 +178,31 @@ def read_kiwi_wav(
     unstamped = 0
     n = 0
     pos = 12
+    view = memoryview(data)
     while pos < len(data):
         if len(data) - pos < _CHUNK.size:
             defect(f"truncated chunk header at byte {pos} ({len(data) - pos} bytes left)")
             break
         cid, size = _CHUNK.unpack_from(data, pos)
-        body = data[pos + 8 : pos + 8 + size]
+        body = view[pos + 8 : pos + 8 + size]  # a view: the samples are copied once, below
         truncated = len(body) < size
         pos += 8 + size + (size & 1)  # odd chunks are followed by a pad byte
         if cid == b"fmt ":
             if truncated or size < _FMT.size:
                 raise KiwiWavError(path, f"fmt chunk too short ({len(body)} bytes)")
             fmt = _FMT.unpack_from(body)
-            tag, channels, _rate, _, _, bits = fmt
+            tag, channels, rate, _, _, bits = fmt
             if (tag, channels, bits) != (1, 2, 16):
+                what = (
+                    " (real audio, not IQ: record with kiwirecorder -m iq)" if channels == 1 else ""
+                )
                 raise KiwiWavError(
                     path,
-                    f"fmt chunk is format {tag}, {channels} channels, {bits} bits; "
+                    f"fmt chunk is format {tag}, {channels} channel(s), {bits} bits{what}; "
                     "a kiwi-wav IQ file is PCM (1), 2 channels, 16 bits",
                 )
+            if not 1_000 <= rate <= 1_000_000:
+                raise KiwiWavError(path, f"fmt sample rate {rate} Hz outside [1000, 1000000]")
         elif cid == b"kiwi":
             if truncated or size != _KIWI_BODY:
                 if truncated:
@@ -220,21 +251,28 @@ def read_kiwi_wav(
         defect(f"{unstamped} data chunks without a kiwi chunk")
     if all(s.gpssec == 0 and s.gpsnsec == 0 for s in stamps):
         raise KiwiWavError(path, f"all {len(stamps)} GPS stamps are zero (timestamps off)")
+    host_ref_ns = datetime_to_ns(name.start_utc)
+    frame = int(np.median([p.shape[0] for p in pieces]))
+    plan = plan_frame_gaps(stamps, float(fmt[2]), host_ref_ns, frame)
+    for text in plan.notes:
+        defect(text)
+    # the file name's time is that of the file's first sample, before any dropped frames
+    host_ref_index = -stamps[plan.first_frame].sample_index
+    samples, stamps, gaps = _assemble(pieces, stamps, plan)
     try:
         timing = fit_timing(
             stamps,
             nominal_rate_hz=float(fmt[2]),
-            host_ref_ns=datetime_to_ns(name.start_utc),
+            host_ref_ns=host_ref_ns,
+            host_ref_index=host_ref_index,
             max_host_offset_s=max_host_offset_s,
             host_fallback=False,
+            drop_first=plan.first_frame == 0,
         )
     except TimingError as exc:
         raise KiwiWavError(path, f"no usable GPS timing: {exc}") from None
-    iq = np.concatenate(pieces)
-    samples = np.empty(iq.shape[0], dtype=np.complex64)
-    samples.real = iq[:, 0]
-    samples.imag = iq[:, 1]
-    samples *= np.float32(1.0 / 32768.0)
+    if gaps:
+        timing = replace(timing, flags=(*timing.flags, "gaps_filled"))
     return KiwiWav(
         path=path,
         station=name.station,
@@ -245,7 +283,153 @@ def read_kiwi_wav(
         stamps=stamps,
         timing=timing,
         defects=defects,
+        gaps=gaps,
     )
+
+
+# A network hiccup longer than this is not zero-filled (memory, and a receiver clock
+# that coasts that long is no longer the same line): the longest part is kept instead.
+MAX_GAP_FILL_S = 60.0
+
+
+@dataclass(frozen=True)
+class GapPlan:
+    """Where samples were lost inside a recording, from its GPS stamps.
+
+    ``fills`` maps a frame number to the whole samples lost just before it; frames
+    outside ``first_frame .. end_frame`` (exclusive) are dropped; ``notes`` say why.
+    """
+
+    fills: dict[int, int]
+    first_frame: int
+    end_frame: int
+    notes: tuple[str, ...] = ()
+
+
+def plan_frame_gaps(
+    stamps: Sequence[FrameStamp],
+    nominal_rate_hz: float,
+    host_ref_ns: int,
+    frame_samples: int | None = None,
+) -> GapPlan:
+    """Find lost frames: runs of stamps that each lie on one line, stepping forward.
+
+    kiwi-wav files keep no sequence numbers, so a network hiccup shows only in the GPS
+    stamps: after it they jump ahead by the time of the lost frames while the sample
+    count does not. Concatenated as they are, every sample after the gap would get a
+    time one or more frames (tens of ms) wrong, and the timing fit would take the stamps
+    of the shorter side as outliers. Stamps are grouped into runs that agree with the
+    nominal rate (a lost frame is a step of >= 21 ms; rate errors drift < 1 us per
+    frame); single stamps off the runs are outliers (stale, hours-off) and left to the
+    fit. Between two runs the step, measured with the longest run's own rate, is the
+    whole number of samples lost: zero-filled, so every sample keeps its GPS time. A step
+    backwards, not close to whole samples, or longer than ``MAX_GAP_FILL_S`` cannot be
+    filled: then only the longest consistent part of the file is kept. With
+    ``frame_samples`` (the file's usual data-chunk size) only whole lost frames are
+    filled: a step of any other size is a clock step, not lost data.
+    """
+    n_frames = len(stamps)
+    none = GapPlan({}, 0, n_frames)
+    ns_nom = NS_PER_S / nominal_rate_hz
+    points: list[tuple[int, int, int]] = []  # (frame, sample index, utc ns)
+    for k, s in enumerate(stamps):
+        if k == 0 or s.empty or s.no_gps_clock:
+            continue
+        near = host_ref_ns + round(s.sample_index * ns_nom)
+        points.append((k, s.sample_index, gps_stamp_to_utc_ns(s.gpssec, s.gpsnsec, near)))
+    runs: list[list[tuple[int, int, int]]] = []
+    for p in points:
+        level = p[2] - round(p[1] * ns_nom)
+        for run in reversed(runs[-4:]):
+            _, i0, t0 = run[-1]
+            tol = 1e6 + 2e-4 * (p[1] - i0) * ns_nom  # 1 ms + 200 ppm of the distance
+            if abs(level - (t0 - round(i0 * ns_nom))) <= tol:
+                run.append(p)
+                break
+        else:
+            runs.append([p])
+    real = sorted((r for r in runs if len(r) >= 2), key=lambda r: r[0][0])
+    if len(real) < 2:
+        return none
+    if any(a[-1][0] > b[0][0] for a, b in itertools.pairwise(real)):
+        return none  # interleaved families of stamps: not a gap; the fit decides
+    longest = max(real, key=len)
+    _, i_ref, t_ref = longest[0]
+    xs = np.array([i - i_ref for _, i, _ in longest], dtype=np.float64)
+    ys = np.array([t - t_ref for _, _, t in longest], dtype=np.float64)
+    slope = float(np.polyfit(xs, ys, 1)[0]) if xs[-1] > xs[0] else ns_nom
+    if not abs(slope / ns_nom - 1.0) < 1e-3:
+        slope = ns_nom
+
+    def offset(run: list[tuple[int, int, int]]) -> float:
+        return float(np.median([(t - t_ref) - (i - i_ref) * slope for _, i, t in run]))
+
+    fills: dict[int, int] = {}
+    notes: list[str] = []
+    parts: list[tuple[int, int]] = []  # (first frame, end frame) of parts that hold together
+    start = 0
+    for a, b in itertools.pairwise(real):
+        missing = (offset(b) - offset(a)) / slope
+        whole = round(missing)
+        ok = (
+            whole >= 1
+            and abs(missing - whole) <= 0.25
+            and missing * slope <= MAX_GAP_FILL_S * NS_PER_S
+            and (not frame_samples or whole % frame_samples == 0)
+        )
+        if ok:
+            fills[b[0][0]] = whole
+            notes.append(
+                f"{whole} samples ({whole * slope / NS_PER_S:.3f} s) lost before frame "
+                f"{b[0][0]} (the GPS stamps jump ahead): zero-filled so every sample keeps "
+                "its GPS time; correlation segments over the gap are left out"
+            )
+        else:
+            parts.append((start, b[0][0]))
+            start = b[0][0]
+            notes.append(
+                f"the GPS stamps step by {missing * slope / 1e6:+.3f} ms before frame {b[0][0]}, "
+                "which no lost-frames gap explains (backwards, not whole frames or longer "
+                f"than {MAX_GAP_FILL_S:.0f} s)"
+            )
+    parts.append((start, n_frames))
+    if len(parts) == 1:
+        return GapPlan(fills, 0, n_frames, tuple(notes))
+
+    def size(part: tuple[int, int]) -> int:
+        lo, hi = part
+        end = stamps[hi].sample_index if hi < n_frames else None
+        return (end if end is not None else stamps[-1].sample_index + 1) - stamps[lo].sample_index
+
+    lo, hi = max(parts, key=size)
+    notes.append(f"only frames {lo}..{hi - 1} are kept (the longest part on one GPS line)")
+    return GapPlan({k: v for k, v in fills.items() if lo < k < hi}, lo, hi, tuple(notes))
+
+
+def _assemble(
+    pieces: list[np.ndarray], stamps: list[FrameStamp], plan: GapPlan
+) -> tuple[np.ndarray, list[FrameStamp], list[tuple[int, int]]]:
+    """complex64 samples (full scale 1.0) of the kept frames with the lost samples
+    zero-filled, the stamps re-indexed to them, and the filled spans (start, length)."""
+    keep = range(plan.first_frame, plan.end_frame)
+    total = sum(pieces[k].shape[0] for k in keep) + sum(plan.fills.values())
+    samples = np.zeros(total, dtype=np.complex64)
+    re, im = samples.real, samples.imag  # views into samples
+    out: list[FrameStamp] = []
+    gaps: list[tuple[int, int]] = []
+    at = 0
+    for k in keep:
+        lost = plan.fills.get(k, 0)
+        if lost:
+            gaps.append((at, lost))
+            at += lost
+        iq = pieces[k]
+        re[at : at + iq.shape[0]] = iq[:, 0]
+        im[at : at + iq.shape[0]] = iq[:, 1]
+        out.append(replace(stamps[k], sample_index=at))
+        at += iq.shape[0]
+    samples *= np.float32(1.0 / 32768.0)
+    return samples, out, gaps
 
 
 def write_kiwi_wav(
@@ -344,5 +528,9 @@ def find_station_position(directory: str | Path, station: str) -> StationPositio
     """The position of ``station`` from ``<directory>/<station>.txt``."""
     path = Path(directory) / f"{station}.txt"
     if not path.exists():
-        raise KiwiWavError(path, f"no position file for station {station!r}")
+        # station names are written in whatever case the operator chose
+        same = [p for p in Path(directory).glob("*.txt") if p.stem.lower() == station.lower()]
+        if len(same) != 1:
+            raise KiwiWavError(path, f"no position file for station {station!r}")
+        path = same[0]
     return read_station_position(path)

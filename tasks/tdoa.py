@@ -44,6 +44,8 @@ NO_SIGNAL = "no coherent signal (noise only or too weak)"
 # scatter-based standard error (not yet explained: a per-receiver component that stays
 # constant over a capture). Scaled so that the 95 % ellipses hold 95 %.
 STDERR_CALIBRATION = 1.25
+# A correlation peak leaning more than this many standard errors is not noise: an echo.
+LEAN_SIGNIFICANT = 3.0
 
 
 @dataclass
@@ -66,6 +68,9 @@ class ReceiverSeries:
     passband_hz: tuple[float, float] | None = None
     timing_sigma_s: float = 0.0
     flags: tuple[str, ...] = ()
+    # (first sample, length) spans holding no signal (frames lost in the recording,
+    # zero-filled so that every other sample keeps its GPS time): never correlated
+    gaps: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sample_rate_hz) and self.sample_rate_hz > 0):
@@ -74,7 +79,9 @@ class ReceiverSeries:
             raise ValueError(f"{self.name}: latitude={self.latitude} outside [-90, 90]")
         if not -180.0 <= self.longitude <= 180.0:
             raise ValueError(f"{self.name}: longitude={self.longitude} outside [-180, 180]")
-        self.samples = np.asarray(self.samples).astype(np.complex128, copy=False).ravel()
+        x = np.asarray(self.samples).ravel()
+        # 16-bit receivers' complex64 stays complex64 (half the memory of long files)
+        self.samples = x if x.dtype == np.complex64 else x.astype(np.complex128, copy=False)
         self.t0_ns = int(self.t0_ns)
 
     @property
@@ -112,6 +119,10 @@ class PairTdoa:
     baseline_m: float
     reason: str | None = None
     snr_z: float = 0.0
+    # how far the middle of the correlation peak's half-power width lies from its top (s):
+    # ~0 for one path; an unresolved echo leans it (and then widens stderr_s)
+    lean_s: float = 0.0
+    multipath: bool = False  # the lean was significant: stderr_s was widened to cover it
 
     @property
     def ok(self) -> bool:
@@ -127,6 +138,8 @@ class PairTdoa:
             "band_hz": None if self.band_hz is None else [round(b, 1) for b in self.band_hz],
             "baseline_km": round(self.baseline_m / 1e3, 2),
             "dropped": self.reason,
+            "peak_lean_us": round(self.lean_s * 1e6, 3),
+            "multipath": self.multipath,
         }
 
 
@@ -150,6 +163,28 @@ class TdoaResult:
 
 class TdoaError(RfAcquisitionError, ValueError):
     """The inputs cannot give any time difference (no common window, too few receivers)."""
+
+
+def best_overlap(
+    spans: dict[str, tuple[int, int]], min_window_ns: int
+) -> tuple[list[str], tuple[int, int]]:
+    """The largest set of receivers whose (start, end) spans share ``min_window_ns``
+    (ties: the longer common window), and that window.
+
+    Recorders start seconds apart and stop at different times; one that missed the
+    others must not take the common window of all of them to nothing.
+    """
+    best: tuple[int, int, list[str], tuple[int, int]] = (0, 0, [], (0, 0))
+    for s0, _ in spans.values():
+        members = [n for n, (a, b) in spans.items() if a <= s0 and b >= s0 + min_window_ns]
+        if not members:
+            continue
+        start = max(spans[n][0] for n in members)
+        end = min(spans[n][1] for n in members)
+        key = (len(members), end - start)
+        if key > best[:2]:
+            best = (*key, members, (start, end))
+    return best[2], best[3]
 
 
 def common_window(receivers: Sequence[ReceiverSeries]) -> tuple[int, int]:
@@ -260,6 +295,7 @@ def _segment_spectra(
     nfft: int,
     grid_rate_hz: float,
     remove_carrier: bool = False,
+    bins: np.ndarray | None = None,
 ) -> np.ndarray:
     """FFTs of one receiver's segments resampled onto the common GPS time grid.
 
@@ -269,7 +305,8 @@ def _segment_spectra(
     """
     fs = r.sample_rate_hz
     omega = 2.0 * np.pi * sfft.fftfreq(nfft, 1.0 / fs)
-    out = np.zeros((len(centres_ns), nfft), dtype=np.complex128)
+    # only the FFT bins some pair can use are kept (``bins``): the rest is stopband
+    out = np.zeros((len(centres_ns), nfft if bins is None else bins.size), dtype=np.complex128)
     half = length // 2
     j = np.arange(length, dtype=np.float64)
     # Tapered edges: hard block edges ring in the correlation and bias the lag.
@@ -293,8 +330,60 @@ def _segment_spectra(
         y = sfft.ifft(spec)[:length]
         if np.any(stretch):
             y = y + sfft.ifft(1j * omega * spec)[:length] * stretch
-        out[s] = sfft.fft(y * taper, nfft)
+        spec = sfft.fft(y * taper, nfft)
+        out[s] = spec if bins is None else spec[bins]
     return out
+
+
+def _clean_segments(r: ReceiverSeries, centres_ns: Sequence[int], length: int) -> np.ndarray:
+    """Which segments hold no sample of the receiver's gaps (lost frames)."""
+    ok = np.ones(len(centres_ns), dtype=bool)
+    if not r.gaps:
+        return ok
+    fs = r.sample_rate_hz
+    for s, tc in enumerate(centres_ns):
+        a = round((tc - r.t0_ns) * fs / NS_PER_S) - length // 2
+        # a lag of up to a few ms moves b's segments: keep a margin of 5 % of a segment
+        margin = length // 20
+        ok[s] = all(a + length + margin <= g0 or g0 + n <= a - margin for g0, n in r.gaps)
+    return ok
+
+
+def _peak_asymmetry(
+    cross: np.ndarray, omega: np.ndarray, tau: float, band_hz: float, level: float = 0.5
+) -> float:
+    """How far the middle of the correlation peak's half-power width lies from its top (s).
+
+    A single path gives a peak symmetric about the lag (|r(t)| of a pure delay is the
+    magnitude of a real-spectrum transform); a delayed echo that the band cannot resolve
+    leans it towards the echo and pulls the top with it by an unknown part of the lean
+    (from a fraction to all of it in the LF scenarios tried), a bias the segments' scatter
+    cannot see (every segment has the same echo). The half-power lean bounds it in those
+    scenarios, so it is what a significant lean adds to the error.
+    """
+    mag = np.abs(cross).sum(axis=0)
+    rms_hz = math.sqrt(float(np.sum(mag * omega**2) / max(float(mag.sum()), 1e-300))) / (2 * np.pi)
+    # the peak's width is set by where the cross-spectrum's power is, not by the band edges
+    width = 1.0 / max(min(rms_hz, band_hz), 1.0)
+    grid = tau + np.linspace(-2.0 * width, 2.0 * width, 201)
+    prof = np.zeros(grid.size)
+    for rows in np.array_split(np.arange(grid.size), max(1, grid.size * omega.size // 500_000)):
+        steer = np.exp(1j * np.outer(grid[rows], omega))  # a bounded block at a time
+        prof[rows] = np.abs(cross @ steer.T).sum(axis=0)
+    k = int(np.argmax(prof))
+    return _lean(grid, prof, k, level)
+
+
+def _lean(grid: np.ndarray, prof: np.ndarray, k: int, level: float) -> float:
+    cut = prof[k] * level
+    left = np.flatnonzero(prof[:k] < cut)
+    right = np.flatnonzero(prof[k:] < cut)
+    if not left.size or not right.size:
+        return float(grid[-1] - grid[0]) / 2.0  # wider than the window: as uncertain
+    i, j = left[-1], k + right[0]
+    t_left = grid[i] + (cut - prof[i]) / (prof[i + 1] - prof[i]) * (grid[i + 1] - grid[i])
+    t_right = grid[j - 1] + (cut - prof[j - 1]) / (prof[j] - prof[j - 1]) * (grid[j] - grid[j - 1])
+    return float((t_left + t_right) / 2.0 - grid[k])
 
 
 def _tukey(pos: np.ndarray, length: int, alpha: float = 0.2) -> np.ndarray:
@@ -348,7 +437,9 @@ def to_common_rate(receivers: Sequence[ReceiverSeries]) -> list[ReceiverSeries]:
             out.append(r)
             continue
         y = ssignal.resample_poly(r.samples, ratio.numerator, ratio.denominator)
-        out.append(replace(r, samples=y, sample_rate_hz=r.sample_rate_hz * float(ratio)))
+        # the resampling filter smears a gap's edges over a few tens of samples
+        gaps = tuple((max(int(a * ratio) - 32, 0), int(n * ratio) + 64) for a, n in r.gaps)
+        out.append(replace(r, samples=y, sample_rate_hz=r.sample_rate_hz * float(ratio), gaps=gaps))
     return out
 
 
@@ -407,10 +498,20 @@ def estimate_tdoas(
         result.carriers[r.name] = car
         x = r.samples
         if car.frequency_hz is not None:
-            n = np.arange(x.size, dtype=np.float64)
-            x = x * np.exp(-2j * np.pi * car.frequency_hz * n / fs)
+            # complex64 is exact enough for samples from 16-bit receivers and halves the
+            # memory of long recordings
+            phase = np.arange(x.size, dtype=np.float64)
+            phase *= -2.0 * np.pi * car.frequency_hz / fs
+            x = x.astype(np.complex64) * np.exp(1j * phase).astype(np.complex64)
+            del phase
         mixed[r.name] = x
-    freqs = sfft.fftfreq(nfft, 1.0 / fs_common)
+    full_freqs = sfft.fftfreq(nfft, 1.0 / fs_common)
+    # every pair correlates inside both receivers' bands: the union of the bands is all
+    # any pair can use (a tenth of the spectrum for an LF time signal in a 20 kHz stream)
+    low_all = min(c.band_hz[0] for c in result.carriers.values())
+    high_all = max(c.band_hz[1] for c in result.carriers.values())
+    bins = np.flatnonzero((full_freqs >= low_all) & (full_freqs <= high_all))
+    freqs = full_freqs[bins]
     notch = notch_hz if notch_hz is not None else 2.5 * fs_common / nfft * 2
     spectra = {
         r.name: _segment_spectra(
@@ -421,29 +522,50 @@ def estimate_tdoas(
             nfft,
             fs_common,
             result.carriers[r.name].power_order == 1,
+            bins,
         )
         for r in receivers
     }
+    clean = {r.name: _clean_segments(r, centres, length) for r in receivers}
+    for r in receivers:
+        if r.gaps:
+            result.notes.append(
+                f"{r.name}: {int((~clean[r.name]).sum())} of {nseg} segments fall on lost "
+                "frames and are not correlated"
+            )
     upsample = 4
     for ra, rb in combinations(receivers, 2):
+        use = clean[ra.name] & clean[rb.name]
+        if use.sum() < 2:
+            result.pairs.append(
+                PairTdoa(
+                    ra.name, rb.name, None, None, 0.0, nseg, 0, None,
+                    float(np.linalg.norm(ecef(*ra.position) - ecef(*rb.position))),
+                    "lost frames leave fewer than 2 segments both receivers recorded",
+                )
+            )  # fmt: skip
+            continue
         result.pairs.append(
             _pair(
                 ra,
                 rb,
                 result.carriers[ra.name],
                 result.carriers[rb.name],
-                spectra[ra.name],
-                spectra[rb.name],
-                lambda shift_ns, rb=rb: _segment_spectra(
+                spectra[ra.name][use],
+                spectra[rb.name][use],
+                lambda shift_ns, rb=rb, use=use: _segment_spectra(
                     rb,
                     mixed[rb.name],
-                    [c + shift_ns for c in centres],
+                    [c + shift_ns for c, u in zip(centres, use, strict=True) if u],
                     length,
                     nfft,
                     fs_common,
                     result.carriers[rb.name].power_order == 1,
+                    bins,
                 ),
                 freqs,
+                bins,
+                nfft,
                 fs_common,
                 notch,
                 upsample,
@@ -451,6 +573,12 @@ def estimate_tdoas(
                 margin_s,
             )
         )
+    for p in result.pairs:
+        if p.multipath:
+            result.notes.append(
+                f"{p.a}-{p.b}: the correlation peak leans {p.lean_s * 1e6:+.1f} us (an echo "
+                "the band cannot resolve, e.g. skywave): its error is widened to cover it"
+            )
     return result
 
 
@@ -463,6 +591,8 @@ def _pair(
     sb: np.ndarray,
     shifted_b: Callable[[int], np.ndarray],
     freqs: np.ndarray,
+    bins: np.ndarray,
+    nfft: int,
     fs: float,
     notch: float,
     upsample: int,
@@ -490,20 +620,30 @@ def _pair(
         (np.abs(sa[:, mask]) ** 2).sum(axis=1) * (np.abs(sb[:, mask]) ** 2).sum(axis=1)
     )
     energy[energy == 0] = 1.0
-    nfft = freqs.size
     big = nfft * upsample
-    full = np.zeros((nseg, big), dtype=np.complex128)
-    idx = np.flatnonzero(mask)
+    idx = bins[mask]  # FFT bin numbers of the pair's band
     # place bins at their signed frequency in the upsampled spectrum
-    kk = np.where(freqs[idx] >= 0, idx, idx + big - nfft)
-    full[:, kk] = cross
-    corr = sfft.ifft(full, axis=1) * big  # r[m] = sum C e^{+j w m/(U fs)}
+    kk = np.where(freqs[mask] >= 0, idx, idx + big - nfft)
     lags = sfft.fftfreq(big, 1.0 / big) / (upsample * fs)  # seconds
     limit = baseline / speed + margin_s
-    mag = np.abs(corr) / energy[:, None]
-    total = mag.sum(axis=0)
-    k_all = int(np.argmax(total))
     inside = np.abs(lags) <= limit
+    # A few segments at a time: the upsampled correlations of all segments at once are
+    # nseg x 4 nfft complex values (~150 MB per pair for 60 s at 20250 Hz); ~16 MB here.
+    total = np.zeros(big)
+    seg_k = np.zeros(nseg, dtype=np.int64)
+    block = max(1, 1_000_000 // big)
+    full = np.zeros((min(block, nseg), big), dtype=np.complex128)
+    for lo in range(0, nseg, block):
+        rows = slice(lo, min(lo + block, nseg))
+        part = full[: rows.stop - lo]
+        part[:] = 0.0
+        part[:, kk] = cross[rows]
+        mag = np.abs(sfft.ifft(part, axis=1, overwrite_x=False)) * (big / energy[rows, None])
+        total += mag.sum(axis=0)
+        mag[:, ~inside] = -1.0
+        seg_k[rows] = np.argmax(mag, axis=1)
+    del full
+    k_all = int(np.argmax(total))
     k_in = int(np.flatnonzero(inside)[np.argmax(total[inside])])
     med = float(np.median(total))
     sigma = 1.4826 * float(np.median(np.abs(total - med))) or 1e-12
@@ -518,7 +658,6 @@ def _pair(
         out.snr_z = float(z_all)
         return out
     step = 1.0 / (upsample * fs)
-    seg_k = np.argmax(np.where(inside[None, :], mag, -1.0), axis=1)
     consistent = np.abs(lags[seg_k] - lags[k_in]) <= 2.5 * step
     frac_consistent = float(consistent.mean())
     if z < 8.0 or (nseg >= 4 and frac_consistent < 0.5):
@@ -561,6 +700,25 @@ def _pair(
             band,
         )
     quality = float(n / nseg * min(1.0, float(np.mean(peak[keep] / energy[keep])) * 4))
+    lean = _peak_asymmetry(cross[keep], omega, tau - shift_ns / NS_PER_S, high - low)
+    multipath = abs(lean) > LEAN_SIGNIFICANT * stderr
+    if multipath:
+        # an echo the band cannot resolve has pulled the peak by an unknown part of the
+        # lean: the error must cover it (the segments all share the echo, so their
+        # scatter cannot)
+        stderr = math.hypot(stderr, lean)
     return PairTdoa(
-        ra.name, rb.name, tdoa, stderr, quality, nseg, n, band, baseline, None, float(z)
+        ra.name,
+        rb.name,
+        tdoa,
+        stderr,
+        quality,
+        nseg,
+        n,
+        band,
+        baseline,
+        None,
+        float(z),
+        lean,
+        multipath,
     )

@@ -15,6 +15,12 @@ make. What it reproduces from real recordings:
   stamp minutes stale, an hours-early stamp marked fresh, a stale RIFF size;
 - old recordings: the GPS week must come from the file, not from today's clock.
 
+Variants for the robustness tests (tests/test_locate_realfiles.py): more stations, a pure
+carrier or an empty channel instead of the time signal, a delayed weaker skywave echo,
+3-channel (20250 Hz) receivers, other tuned frequencies, and what the recording itself can
+suffer: frames lost in a network hiccup, a truncated last chunk, an odd trailing byte, GPS
+stamps turned off, no GPS clock, an unlocked (coasting) GPS clock.
+
 Run ``python tests/lf_scenario.py OUTDIR`` to write the files for a manual try.
 """
 
@@ -50,6 +56,11 @@ class Station:
     start_offset_s: float  # when its recording starts after the scenario's start
     snr_db: float  # carrier power over the noise in the passband
     defects: tuple[str, ...] = ()
+    # a skywave echo: (extra delay s, amplitude relative to the ground wave)
+    echo: tuple[float, float] | None = None
+    frequency_khz: float = CARRIER_HZ / 1e3  # what the receiver was tuned to (file name)
+    duration_s: float | None = None  # its own recording length (default: the scenario's)
+    lost_frames: tuple[int, ...] = ()  # frames lost in a network hiccup (not in the file)
 
 
 STATIONS = (
@@ -87,13 +98,18 @@ def chips(seconds: int, seed: int = 77) -> np.ndarray:
     return rng.choice([-1.0, 1.0], size=(seconds + 2, per_second))
 
 
-def transmitted(t: np.ndarray, chip_table: np.ndarray) -> np.ndarray:
+def transmitted(t: np.ndarray, chip_table: np.ndarray, kind: str = "dcf") -> np.ndarray:
     """Complex baseband of the transmitter at continuous times ``t`` (s since the start).
 
     Amplitude keying with ~1 ms transitions (a real LF antenna's bandwidth), phase chips
     shaped by a raised cosine over a quarter chip, so the signal is band-limited and a
-    fractional delay is just an evaluation at a shifted time.
+    fractional delay is just an evaluation at a shifted time. ``kind="carrier"``: the
+    bare carrier (no time information at all); ``"empty"``: nothing on the channel.
     """
+    if kind == "carrier":
+        return np.ones(t.shape, dtype=np.complex128)
+    if kind == "empty":
+        return np.zeros(t.shape, dtype=np.complex128)
     sec = np.floor(t).astype(np.int64)
     frac = t - sec
     # Keying around the nearest second mark, so the envelope is continuous across marks.
@@ -139,23 +155,33 @@ class Recording:
 
 
 def synthesise(
-    start_utc: datetime, duration_s: float = 30.0, seed: int = 7
+    start_utc: datetime,
+    duration_s: float = 30.0,
+    seed: int = 7,
+    stations: tuple[Station, ...] = STATIONS,
+    kind: str = "dcf",
 ) -> tuple[list[Recording], dict[str, float]]:
     """Every station's recording; returns them and the true TDOAs (s) of each pair."""
     rng = np.random.default_rng(seed)
-    table = chips(int(duration_s) + 3)
+    longest = max([duration_s] + [st.duration_s or 0 for st in stations])
+    table = chips(int(longest + max(st.start_offset_s for st in stations)) + 3)
     start_gps_ns = int((start_utc - GPS_EPOCH).total_seconds()) * 10**9 + LEAP_S * 10**9
     recordings = []
     delays = {}
-    for st in STATIONS:
+    for st in stations:
         delay = distance_m(TRANSMITTER, (st.latitude, st.longitude)) / C
         delays[st.name] = delay
         t0_ns = start_gps_ns + round(st.start_offset_s * 1e9)
-        n_frames = int(duration_s * st.true_rate_hz) // FRAME
+        n_frames = int((st.duration_s or duration_s) * st.true_rate_hz) // FRAME
         n = n_frames * FRAME
         t_rel = (t0_ns - start_gps_ns) / 1e9 + np.arange(n) / st.true_rate_hz  # since start
         cfo = rng.uniform(-0.3, 0.3)
-        x = transmitted(t_rel - delay, table)
+        x = transmitted(t_rel - delay, table, kind)
+        if st.echo is not None:
+            extra, gain = st.echo
+            x = x + gain * np.exp(1j * rng.uniform(0, 2 * np.pi)) * transmitted(
+                t_rel - delay - extra, table, kind
+            )
         x *= np.exp(1j * (rng.uniform(0, 2 * np.pi) + 2 * np.pi * cfo * t_rel))
         noise_power = 10 ** (-st.snr_db / 10)
         noise = (rng.standard_normal(n) + 1j * rng.standard_normal(n)) * math.sqrt(noise_power / 2)
@@ -174,46 +200,120 @@ def synthesise(
                 stamp = (0, (sec - 317) % 604800, nsec)  # minutes stale, marked fresh
             if k == 40 and "hours_early" in st.defects:
                 stamp = (0, (sec - 3 * 3600) % 604800, 123)
+            if "stamps_off" in st.defects:
+                stamp = (stamp[0], 0, 0)  # the operator turned GPS timestamps off
+            if "no_gps" in st.defects:
+                stamp = (255, stamp[1], stamp[2])
+            if "unlocked" in st.defects:
+                stamp = (252, stamp[1], stamp[2])  # last fix long ago: coasting
             rec.stamps.append(stamp)
         recordings.append(rec)
-    names = [s.name for s in STATIONS]
+    names = [s.name for s in stations]
     tdoa = {f"{a}-{b}": delays[a] - delays[b] for i, a in enumerate(names) for b in names[i + 1 :]}
     return recordings, tdoa
 
 
-def write_kiwi_wav(path: Path, rec: Recording, stale_riff: bool = False) -> None:
-    """The kiwirecorder ``--kiwi-wav`` layout, written from the protocol document."""
+def write_kiwi_wav(
+    path: Path,
+    rec: Recording,
+    stale_riff: bool = False,
+    *,
+    lost_frames: tuple[int, ...] = (),
+    truncate_bytes: int = 0,
+    trailing: bytes = b"",
+    channels: int = 2,
+    kiwi_chunks: bool = True,
+) -> None:
+    """The kiwirecorder ``--kiwi-wav`` layout, written from the protocol document.
+
+    ``lost_frames`` are left out (kiwi and data chunk), as a network hiccup loses them;
+    ``truncate_bytes`` cuts the file short (RIFF size then stale); ``trailing`` is junk
+    after the last chunk; ``channels=1`` writes the I channel only, as a real-audio
+    recording; ``kiwi_chunks=False`` a plain WAV.
+    """
     body = bytearray()
     iq = np.empty(rec.samples.size * 2, dtype="<i2")
     iq[0::2] = np.clip(np.round(rec.samples.real * 32768), -32768, 32767)
     iq[1::2] = np.clip(np.round(rec.samples.imag * 32768), -32768, 32767)
+    lost = set(lost_frames)
     for k, (lgs, sec, nsec) in enumerate(rec.stamps):
-        body += struct.pack("<4sIBBII", b"kiwi", 10, lgs, 0, sec, nsec)
-        chunk = iq[k * FRAME * 2 : (k + 1) * FRAME * 2].tobytes()
-        body += struct.pack("<4sI", b"data", len(chunk)) + chunk
+        if k in lost:
+            continue
+        if kiwi_chunks:
+            body += struct.pack("<4sIBBII", b"kiwi", 10, lgs, 0, sec, nsec)
+        chunk = iq[k * FRAME * 2 : (k + 1) * FRAME * 2]
+        if channels == 1:
+            chunk = chunk[0::2]
+        raw = chunk.tobytes()
+        body += struct.pack("<4sI", b"data", len(raw)) + raw
     nominal = round(rec.station.true_rate_hz)
-    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 2, nominal, nominal * 4, 4, 16)
+    block = 2 * channels
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, channels, nominal, nominal * block, block, 16)
     riff_size = 4 + len(fmt) + len(body)
     if stale_riff:
         riff_size = 4 + len(fmt) + 8 + 2048  # the size a recorder wrote after one frame
-    path.write_bytes(struct.pack("<4sI4s", b"RIFF", riff_size, b"WAVE") + fmt + bytes(body))
+    out = struct.pack("<4sI4s", b"RIFF", riff_size, b"WAVE") + fmt + bytes(body)
+    if truncate_bytes:
+        out = out[:-truncate_bytes]
+    path.write_bytes(out + trailing)
 
 
-def write_scenario(folder: Path, start_utc: datetime | None = None) -> dict[str, object]:
-    """Write the three files and ``gnss_pos/``; return the truth."""
+def position_text(st: Station, spaces: bool = False) -> str:
+    """A ``gnss_pos/<station>.txt`` line (``spaces``: laid out loosely, as by hand)."""
+    if spaces:
+        return (
+            f"d.{st.name}  =  struct( 'coord' , [ {st.latitude:.6f} ,  {st.longitude:.6f} ] ,"
+            f" 'host' , '{st.name.lower()}.example.net' , 'port' , 8073 ) ;\n"
+        )
+    return (
+        f"d.{st.name} = struct('coord', [{st.latitude:.6f},{st.longitude:.6f}], "
+        f"'host', '{st.name.lower()}.example.net', 'port', 8073);\n"
+    )
+
+
+def write_scenario(
+    folder: Path,
+    start_utc: datetime | None = None,
+    *,
+    stations: tuple[Station, ...] = STATIONS,
+    duration_s: float = 30.0,
+    kind: str = "dcf",
+    hz_names: bool = False,
+    seed: int = 7,
+) -> dict[str, object]:
+    """Write every station's file and ``gnss_pos/``; return the truth.
+
+    ``hz_names``: frequencies in the file names as kiwirecorder writes them (whole Hz,
+    ``77500``) instead of kHz with decimals (``77.50``). A station's ``defects`` may also
+    name file damage: ``truncated`` (last chunk cut), ``odd_byte`` (a trailing byte),
+    ``audio`` (1 channel), ``plain_wav`` (no kiwi chunks), ``header_only``.
+    """
     start_utc = start_utc or datetime(2025, 3, 14, 10, 20, 0, tzinfo=UTC)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gnss_pos").mkdir(exist_ok=True)
-    recordings, tdoa = synthesise(start_utc)
+    recordings, tdoa = synthesise(start_utc, duration_s, seed, stations, kind)
     files = []
     for rec in recordings:
         st = rec.station
         begin = start_utc + timedelta(seconds=st.start_offset_s)
-        name = f"{begin:%Y%m%dT%H%M%SZ}_{CARRIER_HZ / 1e3:.2f}_{st.name}_iq.wav"
-        write_kiwi_wav(folder / name, rec, stale_riff="stale_riff" in st.defects)
+        freq = f"{round(st.frequency_khz * 1000)}" if hz_names else f"{st.frequency_khz:.2f}"
+        name = f"{begin:%Y%m%dT%H%M%SZ}_{freq}_{st.name}_iq.wav"
+        write_kiwi_wav(
+            folder / name,
+            rec,
+            stale_riff="stale_riff" in st.defects,
+            lost_frames=st.lost_frames,
+            truncate_bytes=1500 if "truncated" in st.defects else 0,
+            trailing=b"\x00" if "odd_byte" in st.defects else b"",
+            channels=1 if "audio" in st.defects else 2,
+            kiwi_chunks="plain_wav" not in st.defects,
+        )
+        if "header_only" in st.defects:
+            nominal = round(st.true_rate_hz)
+            fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 2, nominal, nominal * 4, 4, 16)
+            (folder / name).write_bytes(struct.pack("<4sI4s", b"RIFF", 4 + len(fmt), b"WAVE") + fmt)
         (folder / "gnss_pos" / f"{st.name}.txt").write_text(
-            f"d.{st.name} = struct('coord', [{st.latitude:.6f},{st.longitude:.6f}], "
-            f"'host', '{st.name.lower()}.example.net', 'port', 8073);\n"
+            position_text(st, spaces="loose_position" in st.defects)
         )
         files.append(folder / name)
     return {"files": files, "transmitter": TRANSMITTER, "tdoa_s": tdoa}

@@ -46,7 +46,7 @@ def path_in(tmp_path: Path, station: str = "hb9ryz") -> Path:
 
 def test_file_name_round_trip() -> None:
     name = file_name(START, 77_500.0, "dcf")
-    assert name == "20261129T040000Z_77.5_dcf_iq.wav"
+    assert name == "20261129T040000Z_77500_dcf_iq.wav"  # whole Hz, as kiwirecorder writes
     parsed = parse_file_name(name)
     assert (parsed.start_utc, parsed.frequency_hz, parsed.station) == (START, 77_500.0, "dcf")
     with pytest.raises(KiwiWavError, match=r"bad\.wav: file name does not match"):
