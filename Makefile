@@ -50,10 +50,10 @@ format: $(STAMP)
 BENCH_ARGS ?=
 BENCH_FLOW_ARGS ?=
 bench: $(STAMP)
-	$(PY) bench/run.py $(BENCH_ARGS) $(if $(BENCH_FLOW_ARGS),--flow-args "$(BENCH_FLOW_ARGS)")
+	$(PY) bench/run.py $(BENCH_ARGS) $(if $(BENCH_FLOW_ARGS),--flow-args="$(BENCH_FLOW_ARGS)")
 
 bench-quick: $(STAMP)
-	$(PY) bench/run.py --quick $(BENCH_ARGS) $(if $(BENCH_FLOW_ARGS),--flow-args "$(BENCH_FLOW_ARGS)")
+	$(PY) bench/run.py --quick $(BENCH_ARGS) $(if $(BENCH_FLOW_ARGS),--flow-args="$(BENCH_FLOW_ARGS)")
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache
