@@ -1,0 +1,168 @@
+"""The simulated network served from a child process (the flow's default): the same
+samples as in-process, real websockets, and the child always gone afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from blocks.database import sqlite_engine
+from flows.acquisition import acquire
+from tasks.kiwisdr.client import CaptureSettings, capture_iq
+from tasks.kiwisdr.network import bind_urls, serve_simulated_network, simulated_network
+from tasks.kiwisdr.simulator import SimulatedNetwork, SimulatorProcess
+from tasks.records import measurements_for
+
+FREQUENCY_HZ = 145_500_000.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def simulator_children(parent: int | None = None) -> list[int]:
+    """Pids of live simulator children of ``parent`` (default: this process)."""
+    parent = os.getpid() if parent is None else parent
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, ppid = fields[0], int(fields[1])
+        if ppid == parent and state != "Z" and b"--serve-stdin" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+
+
+def test_child_sends_the_samples_the_in_process_network_regenerates() -> None:
+    """A capture over real websockets from the child equals, sample for sample, what the
+    same network built here generates: the spec carries receivers, emitter, seed and the
+    sample-grid epoch."""
+    served, receivers = serve_simulated_network(
+        "process", frequency_hz=FREQUENCY_HZ, count=3, modulation="rrc-bpsk"
+    )
+    assert isinstance(served, SimulatorProcess)
+    with served:
+        pid = served.pid
+        assert pid is not None and alive(pid)
+        bind_urls(served, receivers)
+        rx = receivers[1]
+        name = rx._block_document_name or ""
+        settings = CaptureSettings(frequency_hz=FREQUENCY_HZ, duration_s=0.3)
+        cap = asyncio.run(
+            capture_iq(rx.url, settings, receiver=name, freq_offset_khz=rx.freq_offset_khz)
+        )
+    assert not alive(pid)
+    net: SimulatedNetwork = served.network
+    assert cap.first_sample_ns is not None and not cap.gaps
+    exact = net.sample_index_at(name, cap.first_sample_ns)
+    index0 = round(exact)
+    assert abs(exact - index0) < 0.01
+    got = np.column_stack([cap.samples.real, cap.samples.imag]).astype(np.float64) * 32768.0
+    rf_hz = FREQUENCY_HZ  # tuned RF: the simulator adds the offset back to the dial
+    expected = net.samples_iq(name, index0, got.shape[0], rf_hz, settings.passband_hz)
+    np.testing.assert_array_equal(got.astype(np.int16), expected)
+    # Ground truth stays available in this process.
+    assert served.emitter == net.emitter
+    assert served.truth(name, FREQUENCY_HZ) == net.truth(name, FREQUENCY_HZ)
+
+
+def test_a_child_that_cannot_serve_fails_start_with_its_error_and_is_gone() -> None:
+    """A port already taken: start() raises with the child's own error, no child left."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        network, _ = simulated_network(count=1, ports={"aquila-di-giaveno": port})
+        refused = r"(?s)exited \(1\) before it was ready.*address already in use"
+        with pytest.raises(RuntimeError, match=refused):
+            SimulatorProcess(network).start()
+    assert simulator_children() == []
+
+
+def test_the_child_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """The lifeline: a parent killed with SIGKILL (no cleanup at all) takes the child."""
+    script = (
+        "import sys, time\n"
+        "from tasks.kiwisdr.network import serve_simulated_network\n"
+        "served, _ = serve_simulated_network('process', count=2)\n"
+        "served.start()\n"
+        "print(served.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert alive(child)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)
+
+
+def test_unknown_simulator_mode_names_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match=r"simulator='thread'.*'auto', 'inline', 'process'"):
+        serve_simulated_network("thread")
+
+
+@pytest.mark.flow
+def test_flow_with_the_process_simulator_end_to_end(prefect_server: None, tmp_path: Path) -> None:
+    """``network="simulated"`` serves from a child process over real websockets: every
+    receiver ok, first samples within one sample period, rows marked simulated, the
+    emitter's truth passed to locate, and no child left afterwards."""
+    state = asyncio.run(
+        acquire(
+            frequency_hz=FREQUENCY_HZ,
+            duration_s=2.0,
+            network="simulated",
+            simulated_receivers=4,
+            simulator="process",
+            modulation="rrc-bpsk",
+            emitter=(45.05, 7.6),
+            data_dir=str(tmp_path),
+            locate=True,
+            return_state=True,
+        )
+    )
+    assert simulator_children() == []
+    assert state.is_completed(), state.message
+    summary: dict[str, Any] = state.result()
+    assert summary["ok"] == 4
+    assert summary["start_spread_ms"] < 1000.0 / 12001.135
+    rows = measurements_for(
+        sqlite_engine(tmp_path / "rf_acquisition.db"), summary["acquisition_id"]
+    )
+    assert len(rows) == 4 and all(r["simulated"] in (True, 1) for r in rows)
+    # Scored against the emitter the child serves: the truth came through.
+    away = re.search(r"truth (\d+) m away", summary["located"]["message"])
+    assert away is not None and int(away.group(1)) < 500, summary["located"]
