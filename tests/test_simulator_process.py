@@ -130,6 +130,40 @@ def test_the_child_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
     assert not alive(child)
 
 
+def test_ctrl_c_in_the_parent_ends_the_child(tmp_path: Path) -> None:
+    """SIGINT reaches only the parent (the child has its own session); the parent's exit
+    stack stops the child in order, as a flow's does."""
+    script = (
+        "import asyncio, contextlib\n"
+        "from tasks.kiwisdr.network import serve_simulated_network\n"
+        "async def main():\n"
+        "    async with contextlib.AsyncExitStack() as stack:\n"
+        "        served, _ = serve_simulated_network('process', count=2)\n"
+        "        stack.enter_context(served)\n"
+        "        print(served.pid, flush=True)\n"
+        "        await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert alive(child)
+        parent.send_signal(signal.SIGINT)
+        assert parent.wait(15) != 0  # KeyboardInterrupt
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+    assert not alive(child)
+
+
 def test_unknown_simulator_mode_names_the_allowed_ones() -> None:
     with pytest.raises(ValueError, match=r"simulator='thread'.*'auto', 'inline', 'process'"):
         serve_simulated_network("thread")
