@@ -4,6 +4,7 @@ samples as in-process, real websockets, and the child always gone afterwards."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -21,7 +23,13 @@ from blocks.database import sqlite_engine
 from flows.acquisition import acquire
 from tasks.kiwisdr.client import CaptureSettings, capture_iq
 from tasks.kiwisdr.network import bind_urls, serve_simulated_network, simulated_network
-from tasks.kiwisdr.simulator import SimulatedNetwork, SimulatorProcess
+from tasks.kiwisdr.simulator import (
+    Faults,
+    SimulatedNetwork,
+    SimulatorProcess,
+    network_from_spec,
+    network_spec,
+)
 from tasks.records import measurements_for
 
 FREQUENCY_HZ = 145_500_000.0
@@ -89,6 +97,29 @@ def test_child_sends_the_samples_the_in_process_network_regenerates() -> None:
     # Ground truth stays available in this process.
     assert served.emitter == net.emitter
     assert served.truth(name, FREQUENCY_HZ) == net.truth(name, FREQUENCY_HZ)
+
+
+def test_the_spec_carries_faults_and_the_sample_grid_through_json() -> None:
+    """What the child rebuilds is the network built here, faults included."""
+    faults = {
+        "torino": Faults(lost_frames=(3, 9), outlier_stamps=((5, 2.5),), drop_after_frames=4),
+        "genova": Faults(down=True, stale_first_s=1.5),
+    }
+    network, _ = simulated_network(faults=faults, seed=7, modulation="am")
+    rebuilt = network_from_spec(json.loads(json.dumps(network_spec(network))))
+    assert rebuilt.receivers == network.receivers
+    assert rebuilt.emitter == network.emitter
+    assert (rebuilt.seed, rebuilt.epoch_gps_s) == (network.seed, network.epoch_gps_s)
+
+
+def test_faults_are_served_by_the_child() -> None:
+    """A receiver that reports itself down does so from the child too."""
+    network, receivers = simulated_network(count=2, faults={"montanaro": Faults(down=True)})
+    with SimulatorProcess(network) as served:
+        bind_urls(served, receivers)
+        pages = {r._block_document_name: httpx.get(f"{r.url}/status").text for r in receivers}
+    assert "offline=yes" in pages["montanaro"]
+    assert "offline=no" in pages["aquila-di-giaveno"]
 
 
 def test_a_child_that_cannot_serve_fails_start_with_its_error_and_is_gone() -> None:
