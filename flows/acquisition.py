@@ -132,7 +132,8 @@ async def acquire(
         modulation: the simulated emitter's modulation (e.g. ``carrier``, ``bpsk``).
         simulator: where the simulated network runs: ``"process"`` (a child process,
             ended with the run), ``"inline"`` (a thread of this process) or ``"auto"``
-            (see :func:`tasks.kiwisdr.network.serve_simulated_network`).
+            (a child process above 16 receivers; see
+            :func:`tasks.kiwisdr.network.serve_simulated_network`).
         acquisition_id: join this acquisition instead of starting a new one (a shard of
             ``acquire-sharded``: every shard records its rows under the same id).
         start_ns: the common instant, integer ns since 1970, chosen by whoever started

@@ -22,7 +22,12 @@ import pytest
 from blocks.database import sqlite_engine
 from flows.acquisition import acquire
 from tasks.kiwisdr.client import CaptureSettings, capture_iq
-from tasks.kiwisdr.network import bind_urls, serve_simulated_network, simulated_network
+from tasks.kiwisdr.network import (
+    INLINE_MAX_RECEIVERS,
+    bind_urls,
+    serve_simulated_network,
+    simulated_network,
+)
 from tasks.kiwisdr.simulator import (
     Faults,
     SimulatedNetwork,
@@ -193,6 +198,14 @@ def test_ctrl_c_in_the_parent_ends_the_child(tmp_path: Path) -> None:
             parent.kill()
             parent.wait(10)
     assert not alive(child)
+
+
+def test_auto_serves_small_networks_inline_and_large_ones_from_a_child() -> None:
+    small, _ = serve_simulated_network("auto", count=INLINE_MAX_RECEIVERS)
+    large, _ = serve_simulated_network("auto", count=INLINE_MAX_RECEIVERS + 1)
+    forced, _ = serve_simulated_network("inline", count=INLINE_MAX_RECEIVERS + 1)
+    assert type(small) is SimulatedNetwork and type(forced) is SimulatedNetwork
+    assert isinstance(large, SimulatorProcess) and large.pid is None  # built, not started
 
 
 def test_unknown_simulator_mode_names_the_allowed_ones() -> None:

@@ -134,6 +134,8 @@ def _replicate(
 
 SimulatorMode = Literal["auto", "inline", "process"]
 SIMULATOR_MODES: tuple[str, ...] = ("auto", "inline", "process")
+# "auto" serves up to this many receivers in-process, more from a child process.
+INLINE_MAX_RECEIVERS = 16
 
 
 def serve_simulated_network(
@@ -141,20 +143,23 @@ def serve_simulated_network(
 ) -> tuple[SimulatedNetwork | SimulatorProcess, list[KiwiSDRReceiver]]:
     """:func:`simulated_network` (same ``options``), ready to be served where ``simulator``
     says: ``"process"`` a child process, ``"inline"`` a thread of this process, ``"auto"``
-    a child process on POSIX (where its pipes can be waited on), else inline.
+    a child process above ``INLINE_MAX_RECEIVERS`` receivers (on POSIX, where its pipes
+    can be waited on), else inline.
 
     Why a process: the simulator paces every session in real time, and in the flow's own
     process it competed with capture and processing for one GIL: at 200 x 60 s about half
-    the sessions saw 5 s frame stalls and were retried. At 7 x 2 s the child costs nothing
-    measurable (wall - D 1.08 s inline, 1.24 s as a process, min of 5; medians 1.26 and
-    1.29 s), so "auto" does not wait for a size to use it. The in-process network remains
-    for tests that inject faults and read its command logs and connection counts.
+    the sessions saw 5 s frame stalls and were retried; served from a child, 200/200 with
+    none. Why not always: the child's start (an interpreter, numpy, websockets) costs
+    ~0.2 s of the ~1.2 s a warm 7 x 2 s run spends beyond its capture, and a handful of
+    receivers never contends. The in-process network also serves the tests that inject
+    faults and read its command logs and connection counts.
     """
     if simulator not in SIMULATOR_MODES:
         allowed = ", ".join(repr(m) for m in SIMULATOR_MODES)
         raise ValueError(f"simulator={simulator!r}: use one of {allowed}")
     network, receivers = simulated_network(**options)
-    if simulator == "inline" or (simulator == "auto" and os.name != "posix"):
+    inline = os.name != "posix" or len(receivers) <= INLINE_MAX_RECEIVERS
+    if simulator == "inline" or (simulator == "auto" and inline):
         return network, receivers
     return SimulatorProcess(network), receivers
 

@@ -885,7 +885,7 @@ class SimulatorProcess:
 
 def serve_stdin() -> None:
     """The child side of :class:`SimulatorProcess`: read the network from stdin, serve
-    it, say READY with the ports, and serve until stdin closes or SIGTERM."""
+    it, say READY with the ports, and serve until stdin closes (or SIGTERM)."""
 
     def terminate(signum: int, frame: object) -> None:
         raise SystemExit(0)
@@ -893,11 +893,14 @@ def serve_stdin() -> None:
     signal.signal(signal.SIGTERM, terminate)
     logging.basicConfig(level=logging.WARNING)
     spec = json.loads(sys.stdin.buffer.readline())
-    with network_from_spec(spec) as network:
-        sys.stdout.write(_READY + json.dumps(network.ports) + "\n")
-        sys.stdout.flush()
-        while sys.stdin.buffer.read(65536):  # the lifeline: EOF when the parent is gone
-            pass
+    network = network_from_spec(spec).start()
+    sys.stdout.write(_READY + json.dumps(network.ports) + "\n")
+    sys.stdout.flush()
+    while sys.stdin.buffer.read(65536):  # the lifeline: EOF when the parent is gone
+        pass
+    # Nothing to keep or flush: the kernel closes every socket at once, where an orderly
+    # stop waits for each server (~0.1 s on the flow's wall time).
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:
