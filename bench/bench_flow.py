@@ -10,16 +10,20 @@ network with local storage and SQLite. One table of ratios:
   overhead over the no-op flow's (fastest) wall time.
 - ``spread ms``: latest minus earliest first sample of the ok receivers (worst run).
 - ``RSS/raw``: the case's peak RSS growth during the acquisition over the raw complex64
-  samples captured (``+MB`` / ``raw MB``).
+  samples captured (``+MB`` / ``raw MB``). ``peak MB`` is the flow process's own peak;
+  ``sim MB`` the simulator's, when it runs in a child process (``--simulator``; the
+  flow's default above 16 receivers).
 
     python bench/bench_flow.py                      # 7 warm, 50 x 2 s, 200 x 2 s
     python bench/bench_flow.py --cases 7:2 50:2     # receivers:duration pairs
+    python bench/bench_flow.py --cases 200:2 200:60 --repeat 2   # peak MB ratio <= 1.5
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -27,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,50 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_case(receivers: int, duration_s: float, repeat: int = 1) -> dict[str, Any]:
+class SimulatorWatch:
+    """The simulator child's peak RSS (VmHWM), read from /proc while it runs: the
+    flow's children also include Prefect's temporary server, so RUSAGE_CHILDREN would
+    not say whose peak it is."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+
+    def __enter__(self) -> SimulatorWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self, interval_s: float) -> None:
+        me = str(os.getpid())
+        while not self._stop.wait(interval_s):
+            for pid in _children_of(me):
+                try:
+                    if b"--serve-stdin" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        continue
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024.0)
+
+
+def _children_of(pid: str) -> list[str]:
+    out: list[str] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += task.read_text().split()
+    return out
+
+
+def run_case(
+    receivers: int, duration_s: float, repeat: int = 1, simulator: str = "auto"
+) -> dict[str, Any]:
     """Run inside the child: warm-up, no-op of the same width, then the acquisition."""
     sys.path.insert(0, str(ROOT))
     from prefect import flow, task
@@ -65,7 +113,12 @@ def run_case(receivers: int, duration_s: float, repeat: int = 1) -> dict[str, An
         await asyncio.to_thread(wait, [done])
 
     with tempfile.TemporaryDirectory() as data:
-        common = {"network": "simulated", "storage": "local", "database": "sqlite"}
+        common = {
+            "network": "simulated",
+            "storage": "local",
+            "database": "sqlite",
+            "simulator": simulator,
+        }
         # Warm-up, as a user's second run: the temporary server, imports, the database
         # schema, the simulator's first frames.
         asyncio.run(acquire(duration_s=0.2, data_dir=data, return_state=True, **common))
@@ -76,21 +129,22 @@ def run_case(receivers: int, duration_s: float, repeat: int = 1) -> dict[str, An
             asyncio.run(noop(width))
             noops.append(time.perf_counter() - t0)
         rss_before = _rss_mb()
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            state = asyncio.run(
-                acquire(
-                    duration_s=duration_s,
-                    data_dir=data,
-                    simulated_receivers=receivers,
-                    return_state=True,
-                    **common,
+        with SimulatorWatch() as watch:
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                state = asyncio.run(
+                    acquire(
+                        duration_s=duration_s,
+                        data_dir=data,
+                        simulated_receivers=receivers,
+                        return_state=True,
+                        **common,
+                    )
                 )
-            )
-            walls.append(time.perf_counter() - t0)
-            result = state.result(raise_on_failure=False)
-            spreads.append(result.get("start_spread_ms") if isinstance(result, dict) else None)
-            oks.append(result["ok"] if isinstance(result, dict) else 0)
+                walls.append(time.perf_counter() - t0)
+                result = state.result(raise_on_failure=False)
+                spreads.append(result.get("start_spread_ms") if isinstance(result, dict) else None)
+                oks.append(result["ok"] if isinstance(result, dict) else 0)
     known = [x for x in spreads if x is not None]
     return {
         "receivers": receivers,
@@ -103,6 +157,8 @@ def run_case(receivers: int, duration_s: float, repeat: int = 1) -> dict[str, An
         "spread_ms": max(known) if known else None,
         "rss_before_mb": rss_before,
         "rss_peak_mb": _rss_mb(),
+        "simulator": simulator,
+        "sim_peak_mb": watch.peak_mb or None,  # None: served in the flow's own process
     }
 
 
@@ -110,12 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="*", default=["7:2", "50:2", "200:2"])
     p.add_argument("--repeat", type=int, default=3, help="runs per case (min and median)")
+    p.add_argument(
+        "--simulator",
+        choices=["auto", "inline", "process"],
+        default="auto",
+        help="where the simulated network runs (the flow's simulator parameter)",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, metavar="PATH", help="write rows (bench/rows.py)")
     args = p.parse_args(argv)
     if args.child:
         n, d = args.child.split(":")
-        print(json.dumps(run_case(int(n), float(d), args.repeat)))
+        print(json.dumps(run_case(int(n), float(d), args.repeat, args.simulator)))
         return 0
     env = {
         **os.environ,
@@ -123,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
     results = []
+    where = ["--simulator", args.simulator]
     for case in args.cases:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", case, "--repeat", str(args.repeat)],
+            [sys.executable, __file__, "--child", case, "--repeat", str(args.repeat), *where],
             capture_output=True,
             text=True,
             env=env,
@@ -139,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'case':>9} {'tasks':>5} {'ok':>4} {'wall s':>7} {'median':>7} {'wall-D':>7} "
         f"{'no-op s':>7} {'/no-op':>6} {'spread ms':>9} {'peak MB':>7} {'+MB':>6} "
-        f"{'raw MB':>6} {'RSS/raw':>7}"
+        f"{'raw MB':>6} {'RSS/raw':>7} {'sim MB':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -148,12 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         raw_mb = r["receivers"] * r["duration_s"] * SAMPLE_RATE * BYTES_PER_SAMPLE / 2**20
         grew = r["rss_peak_mb"] - r["rss_before_mb"]
         spread = "-" if r["spread_ms"] is None else f"{r['spread_ms']:.3f}"
+        sim = "-" if not r.get("sim_peak_mb") else f"{r['sim_peak_mb']:.0f}"
         print(
             f"{r['receivers']:>4}x{r['duration_s']:<4g} {r['task_runs']:>5} {r['ok']:>4} "
             f"{r['wall_s']:>7.2f} {r['wall_median_s']:>7.2f} {over:>7.2f} "
             f"{r['noop_s']:>7.2f} {over / r['noop_s']:>6.2f} "
             f"{spread:>9} {r['rss_peak_mb']:>7.0f} {grew:>6.0f} {raw_mb:>6.1f} "
-            f"{grew / raw_mb:>7.1f}"
+            f"{grew / raw_mb:>7.1f} {sim:>6}"
         )
     if args.json:
         write_json_rows(args.json, results)

@@ -16,7 +16,7 @@ import contextlib
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from prefect import flow
 from prefect.filesystems import LocalFileSystem
@@ -103,6 +103,7 @@ async def acquire(
     simulated_receivers: SimulatedReceivers | None = None,
     emitter: tuple[Latitude, Longitude] | None = None,
     modulation: str | None = None,
+    simulator: Literal["auto", "inline", "process"] = "auto",
     acquisition_id: AcquisitionId | None = None,
     start_ns: StartNs | None = None,
     locate: bool = False,
@@ -129,6 +130,10 @@ async def acquire(
         simulated_receivers: size of the simulated network (default: the seed's seven).
         emitter: ``[latitude, longitude]`` of the simulated emitter.
         modulation: the simulated emitter's modulation (e.g. ``carrier``, ``bpsk``).
+        simulator: where the simulated network runs: ``"process"`` (a child process,
+            ended with the run), ``"inline"`` (a thread of this process) or ``"auto"``
+            (a child process above 16 receivers; see
+            :func:`tasks.kiwisdr.network.serve_simulated_network`).
         acquisition_id: join this acquisition instead of starting a new one (a shard of
             ``acquire-sharded``: every shard records its rows under the same id).
         start_ns: the common instant, integer ns since 1970, chosen by whoever started
@@ -145,7 +150,7 @@ async def acquire(
     limit_malloc_arenas()  # before the receiver threads: freed recordings go back for reuse
     folder = Path(data_dir).resolve() if data_dir else default_data_dir()
     acquisition_id = acquisition_id or str(uuid.uuid4())
-    simulated = SimulatedOptions(simulated_receivers, emitter, modulation)
+    simulated = SimulatedOptions(simulated_receivers, emitter, modulation, simulator=simulator)
     network = await resolve_network(network, tag)  # type: ignore[assignment]
     is_simulated = network == "simulated"
     if is_simulated:  # simulated data never goes to a production target by default
@@ -282,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         "--emitter", type=_lat_lon, default=None, help="LAT,LON of the simulated emitter"
     )
     p.add_argument("--modulation", default=None, help="the simulated emitter's modulation")
+    p.add_argument(
+        "--simulator",
+        choices=["auto", "inline", "process"],
+        default="auto",
+        help="run the simulated network in a child process or in this one (%(default)s)",
+    )
     p.add_argument("--locate", action="store_true", help="locate the transmitter afterwards")
     args = vars(p.parse_args(argv))
     as_json = args.pop("json")

@@ -84,6 +84,7 @@ class SimulatedOptions:
     emitter_at: tuple[float, float] | None = None
     modulation: str | None = None
     truth: tuple[float, float] | None = None
+    simulator: str = "auto"  # where it runs: "auto", "inline" or "process"
 
 
 async def load_receivers(
@@ -109,10 +110,11 @@ async def load_receivers(
                 raise PlanError("network='blocks' but no KiwiSDR Receiver blocks are saved")
             log.info("using %d saved KiwiSDR Receiver blocks", len(saved))
             return saved
-    from tasks.kiwisdr.network import bind_urls, simulated_network
+    from tasks.kiwisdr.network import bind_urls, serve_simulated_network
 
     options = simulated or SimulatedOptions()
-    sim, configs = simulated_network(
+    sim, configs = serve_simulated_network(
+        options.simulator,
         frequency_hz=frequency_hz,
         count=options.receivers,
         emitter_at=options.emitter_at,

@@ -5,14 +5,18 @@ It lives beside the simulator, not in ``blocks/``: blocks hold configuration onl
 this builds running simulators from it. The receivers it returns are ordinary
 :class:`~blocks.receiver.KiwiSDRReceiver` blocks (unsaved), so the acquisition flow
 treats a simulated network exactly like a real one.
+
+:func:`serve_simulated_network` decides where the simulator runs for a flow: in a child
+process (:class:`~tasks.kiwisdr.simulator.SimulatorProcess`) or in this one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from blocks.receiver import (
     KiwiSDRReceiver,
@@ -22,7 +26,7 @@ from blocks.receiver import (
     seed_network_path,
 )
 from tasks.kiwisdr.emitter import Emitter
-from tasks.kiwisdr.simulator import Faults, SimulatedNetwork, SimulatedReceiver
+from tasks.kiwisdr.simulator import Faults, SimulatedNetwork, SimulatedReceiver, SimulatorProcess
 
 MAX_SIMULATED_RECEIVERS = 2000
 # Copies of a file's receivers sit on a golden-angle spiral around their original, up to
@@ -128,7 +132,43 @@ def _replicate(
     return out_rx, out_entries
 
 
-def bind_urls(network: SimulatedNetwork, receivers: list[KiwiSDRReceiver]) -> None:
+SimulatorMode = Literal["auto", "inline", "process"]
+SIMULATOR_MODES: tuple[str, ...] = ("auto", "inline", "process")
+# "auto" serves up to this many receivers in-process, more from a child process.
+INLINE_MAX_RECEIVERS = 16
+
+
+def serve_simulated_network(
+    simulator: str = "auto", **options: Any
+) -> tuple[SimulatedNetwork | SimulatorProcess, list[KiwiSDRReceiver]]:
+    """:func:`simulated_network` (same ``options``), ready to be served where ``simulator``
+    says: ``"process"`` a child process, ``"inline"`` a thread of this process, ``"auto"``
+    a child process above ``INLINE_MAX_RECEIVERS`` receivers (on POSIX, where its pipes
+    can be waited on), else inline.
+
+    Why a process: the simulator paces every session in real time, and in the flow's own
+    process it competed with capture and processing for one GIL: at 200 x 60 s about half
+    the sessions saw 5 s frame stalls and were retried; served from a child, 200/200 with
+    none. Why not always: the child's start (an interpreter, numpy, websockets) costs
+    ~0.2 s of the ~1.2 s a warm 7 x 2 s run spends beyond its capture, and a handful of
+    receivers never contends. The in-process network also serves the tests that inject
+    faults and read its command logs and connection counts.
+    """
+    if simulator not in SIMULATOR_MODES:
+        allowed = ", ".join(repr(m) for m in SIMULATOR_MODES)
+        raise ValueError(f"simulator={simulator!r}: use one of {allowed}")
+    network, receivers = simulated_network(**options)
+    inline = os.name != "posix" or len(receivers) <= INLINE_MAX_RECEIVERS
+    if simulator == "inline" or (simulator == "auto" and inline):
+        return network, receivers
+    return SimulatorProcess(network), receivers
+
+
+class _Served(Protocol):
+    def url(self, name: str) -> str: ...
+
+
+def bind_urls(network: _Served, receivers: list[KiwiSDRReceiver]) -> None:
     """Point each receiver at its simulated port (call after ``network.start()``)."""
     for rx in receivers:
         rx.url = network.url(receiver_name(rx))

@@ -10,6 +10,10 @@ path of the client and the flow.
 Run standalone: ``python -m tasks.kiwisdr.simulator --network seed --base-port 8073``
 (``--write-receivers FILE`` writes the receiver file that points blocks at it; it prints a
 kiwirecorder command line that works against it).
+
+:class:`SimulatorProcess` serves a network built here from a child process instead: the
+simulator paces hundreds of sessions in real time, and sharing one GIL with the flow that
+captures and processes them stalled frames by seconds (200 x 60 s).
 """
 
 from __future__ import annotations
@@ -17,10 +21,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import os
 import re
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -707,10 +718,196 @@ def kiwirecorder_command(network: SimulatedNetwork, name: str, frequency_hz: flo
     )
 
 
+# --- a network served by a child process ---------------------------------------------
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+_READY = "READY "
+
+
+def network_spec(network: SimulatedNetwork) -> dict[str, Any]:
+    """Everything that defines ``network`` as JSON-able data, to serve it elsewhere: the
+    receivers (faults included), the emitter, the noise seed, the ports asked for, and
+    the sample-grid epoch (so ground truth computed here matches what the child sends)."""
+    return {
+        "receivers": [dataclasses.asdict(r) for r in network.receivers.values()],
+        "emitter": dataclasses.asdict(network.emitter),
+        "host": network.host,
+        "ports": dict(network._requested_ports),
+        "seed": network.seed,
+        "epoch_gps_s": network.epoch_gps_s,
+    }
+
+
+def network_from_spec(spec: dict[str, Any]) -> SimulatedNetwork:
+    """The :class:`SimulatedNetwork` that :func:`network_spec` describes."""
+    receivers = []
+    for entry in spec["receivers"]:
+        fields = dict(entry)
+        faults = dict(fields.pop("faults"))
+        faults["lost_frames"] = tuple(faults["lost_frames"])
+        faults["outlier_stamps"] = tuple(tuple(x) for x in faults["outlier_stamps"])
+        receivers.append(SimulatedReceiver(**fields, faults=Faults(**faults)))
+    network = SimulatedNetwork(
+        receivers,
+        Emitter(**spec["emitter"]),
+        host=spec["host"],
+        ports=spec["ports"],
+        seed=spec["seed"],
+    )
+    network.epoch_gps_s = int(spec["epoch_gps_s"])
+    return network
+
+
+class SimulatorProcess:
+    """Serve a built (not started) :class:`SimulatedNetwork` from a child process.
+
+    Same use as the network itself for a flow: a context manager, ``url(name)``,
+    ``receivers``, ``emitter`` and ``truth()``; the command logs and connection counts of
+    the in-process network are not available (tests that read them serve in-process).
+
+    The child gets the network on its stdin and answers one ``READY {ports}`` line on its
+    stdout once every port listens (no sleeping on a guess). Its stdin stays open as a
+    lifeline: it exits at end-of-file, so it goes with this process however that ends,
+    even killed. It runs in its own session, so a Ctrl-C reaches only this process, whose
+    :meth:`stop` (from ``with`` or the flow's exit stack) then ends it in order.
+    """
+
+    def __init__(self, network: SimulatedNetwork, *, ready_timeout_s: float = READY_TIMEOUT_S):
+        self.receivers = network.receivers
+        self.emitter = network.emitter
+        self.host = network.host
+        self.epoch_gps_s = network.epoch_gps_s
+        self.ports: dict[str, int] = {}
+        self.ready_timeout_s = ready_timeout_s
+        self.network = network  # what the child serves; ground truth here, never started
+        self._spec = network_spec(network)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> SimulatorProcess:
+        """Start the child; returns once every port listens (raises if it fails to)."""
+        root = Path(__file__).resolve().parents[2]  # the child imports this package
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tasks.kiwisdr.simulator", "--serve-stdin"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(json.dumps(self._spec).encode() + b"\n")
+            self._proc.stdin.flush()
+            self.ports = self._await_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _await_ready(self) -> dict[str, int]:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        deadline = time.monotonic() + self.ready_timeout_s
+        buf = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"simulator process not ready within {self.ready_timeout_s:g} s"
+                        f"{self._stderr_tail()}"
+                    )
+                if not sel.select(left):
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    raise RuntimeError(
+                        f"simulator process exited ({proc.wait()}) before it was ready"
+                        f"{self._stderr_tail()}"
+                    )
+                buf += chunk
+        line = buf.split(b"\n", 1)[0].decode()
+        if not line.startswith(_READY):
+            raise RuntimeError(f"simulator process answered {line[:200]!r}, not READY")
+        return {name: int(port) for name, port in json.loads(line[len(_READY) :]).items()}
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        return f": {text[-2000:]}" if text else ""
+
+    def stop(self) -> None:
+        """End the child: end-of-file on its lifeline, then SIGTERM, then SIGKILL."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                if proc.stdin:
+                    proc.stdin.close()
+            for step in (None, proc.terminate, proc.kill):
+                if step is not None:
+                    with contextlib.suppress(OSError):
+                        step()
+                try:
+                    proc.wait(STOP_TIMEOUT_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            if proc.stdout:
+                proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def __enter__(self) -> SimulatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def url(self, name: str) -> str:
+        return f"http://{self.host}:{self.ports[name]}"
+
+    def truth(self, name: str, frequency_hz: float) -> PathTruth:
+        return self.network.truth(name, frequency_hz)
+
+
+def serve_stdin() -> None:
+    """The child side of :class:`SimulatorProcess`: read the network from stdin, serve
+    it, say READY with the ports, and serve until stdin closes (or SIGTERM)."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
+    logging.basicConfig(level=logging.WARNING)
+    spec = json.loads(sys.stdin.buffer.readline())
+    network = network_from_spec(spec).start()
+    sys.stdout.write(_READY + json.dumps(network.ports) + "\n")
+    sys.stdout.flush()
+    while sys.stdin.buffer.read(65536):  # the lifeline: EOF when the parent is gone
+        pass
+    # Nothing to keep or flush: the kernel closes every socket at once, where an orderly
+    # stop waits for each server (~0.1 s on the flow's wall time).
+    os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve a simulated network until interrupted (for kiwiclient or manual testing)."""
-    import json
-
+    if argv is None and sys.argv[1:] == ["--serve-stdin"]:
+        serve_stdin()  # before argparse: only numpy and websockets are imported
+        return
     from tasks.kiwisdr.network import simulated_network
 
     parser = argparse.ArgumentParser(
