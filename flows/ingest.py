@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import flow
 from prefect.futures import wait
 from prefect.logging import get_run_logger
@@ -139,6 +140,21 @@ def frame_timing(wav: KiwiWav) -> dict[str, Any]:
     }
 
 
+def received_stretch(samples: np.ndarray, gaps: list[tuple[int, int]]) -> np.ndarray:
+    """The longest run of ``samples`` holding no zero-filled lost frame (all of them
+    without gaps)."""
+    if not gaps:
+        return samples
+    best, at = (0, 0), 0
+    for start, count in sorted(gaps):
+        if start - at > best[1] - best[0]:
+            best = (at, start)
+        at = max(at, start + count)
+    if samples.size - at > best[1] - best[0]:
+        best = (at, samples.size)
+    return samples[best[0] : best[1]]
+
+
 def build_file_recording(
     wav: KiwiWav, position: StationPosition, acquisition_id: str
 ) -> tuple[Recording, dict[str, Any]]:
@@ -150,8 +166,11 @@ def build_file_recording(
     rate = model.sample_rate_hz
     # The file does not say which passband was set (+-500 Hz and +-5 kHz both occur):
     # measured over the band the spectrum shows, so the stopband is never the noise.
-    passband = estimate_passband(wav.samples, rate)
-    m = measure(wav.samples, rate, passband_hz=passband)
+    # Lost frames are zeros: the passband is read from the longest received stretch (a
+    # jump to zeros inside a Welch segment leaks over the stopband) and the figures
+    # average over the received samples only, as for a capture (tasks/process.py).
+    passband = estimate_passband(received_stretch(wav.samples, wav.gaps), rate)
+    m = measure(wav.samples, rate, passband_hz=passband, gaps=wav.gaps)
     recording = build_recording(
         wav.samples,
         name=wav.station,
@@ -175,6 +194,7 @@ def build_file_recording(
             "passband_low_hz": round(passband[0], 1),
             "passband_high_hz": round(passband[1], 1),
         },
+        gaps=wav.gaps,
         timing=frame_timing(wav),
         timing_model=model.as_dict(),
         description=f"{wav.station} at {wav.frequency_hz / 1e6:.6f} MHz from {wav.path.name}",
