@@ -164,6 +164,19 @@ def series_from_recording(samples: np.ndarray, meta: dict[str, Any]) -> Receiver
         center_hz=float(capture["core:frequency"]),
         timing_sigma_s=sigma,
         flags=tuple(flags),
+        gaps=recorded_gaps(meta),
+    )
+
+
+def recorded_gaps(meta: dict[str, Any]) -> tuple[tuple[int, int], ...]:
+    """The zero-filled lost frames of a stored recording, from its SigMF gap annotations
+    (tasks.recording writes one per gap), so they are never correlated."""
+    from tasks.recording import GAP_LABEL
+
+    return tuple(
+        (int(a["core:sample_start"]), int(a["core:sample_count"]))
+        for a in meta.get("annotations") or []
+        if a.get("core:label") == GAP_LABEL and int(a.get("core:sample_count", 0)) > 0
     )
 
 
