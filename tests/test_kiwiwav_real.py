@@ -207,3 +207,65 @@ def test_gnss_pos_with_loose_spacing_and_negative_coordinates(tmp_path: Path) ->
     assert find_station_position(tmp_path, "lu1xyz").latitude == -34.6037  # case differs
     with pytest.raises(KiwiWavError, match=r"LU1XYZ-2\.txt: no position file"):
         find_station_position(tmp_path, "LU1XYZ-2")
+
+
+def _original(rec: lf.Recording, frame: int) -> np.ndarray:
+    """An original frame's samples as the 16-bit file holds them."""
+    x = rec.samples[frame * lf.FRAME : (frame + 1) * lf.FRAME]
+    return (np.round(x.real * 32768) + 1j * np.round(x.imag * 32768)) / 32768
+
+
+def test_a_frame_kept_between_two_lost_frames_keeps_its_place(tmp_path: Path) -> None:
+    """Frames 100 and 102 lost: frame 101's stamp lies on the GPS line one frame after
+    frame 99's, so it is placed there, with a one-frame gap on each side."""
+    rec = _recording()
+    wav = read_kiwi_wav(_write(tmp_path, rec, lost_frames=(100, 102)))
+    n = lf.FRAME
+    assert wav.samples.size == rec.samples.size
+    assert wav.gaps == [(100 * n, n), (102 * n, n)]
+    for k in (99, 101, 103):
+        np.testing.assert_allclose(wav.samples[k * n : (k + 1) * n], _original(rec, k), atol=1e-6)
+    assert not np.any(wav.samples[100 * n : 101 * n]) and not np.any(wav.samples[102 * n : 103 * n])
+    for i in (50 * n, 101 * n, 200 * n):
+        assert abs(time_of_sample(wav.timing, i) - _true_time_ns(rec, i)) < 200  # ns
+
+
+def test_a_frame_between_lost_frames_whose_stamp_is_off_the_line_is_left_out(
+    tmp_path: Path,
+) -> None:
+    """The same loss with frame 101's stamp 3 ms off: where its samples belong is not
+    known, so they are zeroed and the three frames are one gap (never correlated)."""
+    rec = _recording()
+    lgs, sec, nsec = rec.stamps[101]
+    stamps = list(rec.stamps)
+    stamps[101] = (lgs, *divmod(sec * 10**9 + nsec + 3_000_000, 10**9))
+    wav = read_kiwi_wav(_write(tmp_path, replace(rec, stamps=stamps), lost_frames=(100, 102)))
+    n = lf.FRAME
+    assert wav.samples.size == rec.samples.size
+    assert wav.gaps == [(100 * n, 3 * n)]
+    assert not np.any(wav.samples[100 * n : 103 * n])
+    np.testing.assert_allclose(wav.samples[103 * n : 104 * n], _original(rec, 103), atol=1e-6)
+    assert any("frame 100" in d and "position is not known" in d for d in wav.defects), wav.defects
+    assert abs(time_of_sample(wav.timing, 200 * n) - _true_time_ns(rec, 200 * n)) < 200
+
+
+@pytest.mark.parametrize(
+    ("defects", "lost", "gap"),
+    [
+        ((), (1,), (1, 1)),  # frame 0 stamped: it places itself before the gap
+        (("zero_first",), (2,), (2, 1)),  # frame 1 alone before the gap
+        (("zero_first",), (2, 3), (2, 2)),
+    ],
+)
+def test_a_gap_right_after_the_first_frames(
+    tmp_path: Path, defects: tuple[str, ...], lost: tuple[int, ...], gap: tuple[int, int]
+) -> None:
+    rec = _recording(replace(A, defects=defects))
+    wav = read_kiwi_wav(_write(tmp_path, rec, lost_frames=lost))
+    n = lf.FRAME
+    assert wav.samples.size == rec.samples.size
+    assert wav.gaps == [(gap[0] * n, gap[1] * n)]
+    for k in (0, gap[0] - 1, gap[0] + gap[1]):
+        np.testing.assert_allclose(wav.samples[k * n : (k + 1) * n], _original(rec, k), atol=1e-6)
+    for i in (0, 100 * n):
+        assert abs(time_of_sample(wav.timing, i) - _true_time_ns(rec, i)) < 200  # ns
