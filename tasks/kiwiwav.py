@@ -253,7 +253,7 @@ def read_kiwi_wav(
         raise KiwiWavError(path, f"all {len(stamps)} GPS stamps are zero (timestamps off)")
     host_ref_ns = datetime_to_ns(name.start_utc)
     frame = int(np.median([p.shape[0] for p in pieces]))
-    plan = plan_frame_gaps(stamps, float(fmt[2]), host_ref_ns, frame)
+    plan = plan_frame_gaps(stamps, float(fmt[2]), host_ref_ns, frame, sample_count=n)
     for text in plan.notes:
         defect(text)
     # the file name's time is that of the file's first sample, before any dropped frames
@@ -314,6 +314,8 @@ def plan_frame_gaps(
     nominal_rate_hz: float,
     host_ref_ns: int,
     frame_samples: int | None = None,
+    *,
+    sample_count: int | None = None,
 ) -> GapPlan:
     """Find lost frames: runs of stamps that each lie on one line, stepping forward.
 
@@ -328,7 +330,9 @@ def plan_frame_gaps(
     backwards, not close to whole samples, or longer than ``MAX_GAP_FILL_S`` cannot be
     filled: then only the longest consistent part of the file is kept. With
     ``frame_samples`` (the file's usual data-chunk size) only whole lost frames are
-    filled: a step of any other size is a clock step, not lost data.
+    filled: a step of any other size is a clock step, not lost data. ``sample_count``
+    (the file's samples) ends the last part; without it the last frame is taken to be
+    ``frame_samples`` long.
 
     A stamp alone (a frame kept between two lost ones, or before a gap at the start) is
     placed by its own stamp when that lies on the longest run's line a whole number of
@@ -447,10 +451,11 @@ def plan_frame_gaps(
     if len(parts) == 1:
         return GapPlan(fills, 0, n_frames, tuple(notes), tuple(zeroed))
 
+    n = sample_count if sample_count is not None else stamps[-1].sample_index + frame
+
     def size(part: tuple[int, int]) -> int:
         lo, hi = part
-        end = stamps[hi].sample_index if hi < n_frames else None
-        return (end if end is not None else stamps[-1].sample_index + 1) - stamps[lo].sample_index
+        return (stamps[hi].sample_index if hi < n_frames else n) - stamps[lo].sample_index
 
     lo, hi = max(parts, key=size)
     notes.append(f"only frames {lo}..{hi - 1} are kept (the longest part on one GPS line)")

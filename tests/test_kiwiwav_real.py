@@ -269,3 +269,22 @@ def test_a_gap_right_after_the_first_frames(
         np.testing.assert_allclose(wav.samples[k * n : (k + 1) * n], _original(rec, k), atol=1e-6)
     for i in (0, 100 * n):
         assert abs(time_of_sample(wav.timing, i) - _true_time_ns(rec, i)) < 200  # ns
+
+
+def test_the_longest_part_counts_the_last_frame_whole() -> None:
+    """Two parts on different GPS lines (a 3 ms clock step before frame 10): the second
+    holds as many frames and more samples (its last chunk is 700 samples long), so it
+    is the one kept: its size runs to the file's end, not to its last frame's start."""
+    rate, n = 12001.0, lf.FRAME
+    starts = [k * n for k in range(20)]
+    total = starts[-1] + 700
+    t0 = datetime_to_ns(START)
+    stamps = []
+    for k, i in enumerate(starts):
+        utc = t0 + round(i * 1e9 / rate) + (3_000_000 if k >= 10 else 0)
+        gps = utc - datetime_to_ns(lf.GPS_EPOCH) + lf.LEAP_S * 10**9
+        sec, nsec = divmod(gps % (604800 * 10**9), 10**9)
+        stamps.append(FrameStamp(i, sec, nsec, 0))
+    plan = plan_frame_gaps(stamps, rate, t0, n, sample_count=total)
+    assert (plan.first_frame, plan.end_frame) == (10, 20)  # 9 * 512 + 700 > 10 * 512
+    assert plan.fills == {}
