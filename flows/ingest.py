@@ -7,11 +7,13 @@ storage and database, so the rest of the project (locate, reports, queries) trea
 imported and captured data alike. A bad file gets its own clear error; the good files
 of the same call still go through.
 
-``python -m flows.ingest --kiwi-wav FILES... [--gnss-pos DIR] [--position NAME=LAT,LON]``
+``python -m flows.ingest --kiwi-wav FILES... [--gnss-pos DIR] [--position NAME=LAT,LON]
+[--frequency-hz HZ]``
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import sys
@@ -208,15 +210,17 @@ def load_file(
     positions: dict[str, StationPosition],
     gnss_pos: Path | None,
     strict: bool,
+    frequency_hz: float | None = None,
 ) -> IngestedFile:
-    """Read, time and measure one file; every failure becomes the file's error."""
+    """Read, time and measure one file; every failure becomes the file's error.
+    ``frequency_hz`` replaces the file name's frequency (``--frequency-hz``)."""
     out = IngestedFile(file=path)
     try:
-        name = parse_file_name(path)
+        name = parse_file_name(path, frequency_hz=frequency_hz)
         out.station, out.frequency_hz = name.station, name.frequency_hz
         check_key_part(name.station, "station")
         position = station_position(name.station, positions, gnss_pos)
-        wav = read_kiwi_wav(path, strict=strict)
+        wav = read_kiwi_wav(path, strict=strict, frequency_hz=frequency_hz)
         out.defects = list(wav.defects)
         out.recording, out.row = build_file_recording(wav, position, str(uuid.uuid4()))
     except (KiwiWavError, StorageKeyError, ValueError) as exc:
@@ -257,6 +261,7 @@ async def ingest(
     database: str = "auto",
     data_dir: str | None = None,
     strict: bool = False,
+    frequency_hz: float | None = None,
 ) -> State[dict[str, Any]]:
     """Import kiwi-wav files: one recording and row per good file.
 
@@ -269,6 +274,8 @@ async def ingest(
         database: "auto", "sqlite" or "timescaledb-connection/<name>".
         data_dir: folder of the local defaults.
         strict: refuse files with repairable defects too (stale RIFF size ...).
+        frequency_hz: the tuned frequency of every file, instead of their names' (for
+            names in whole kHz, which kiwirecorder's whole-Hz convention cannot read).
 
     Returns:
         Completed when every file was imported and recorded; Failed (with the same
@@ -286,7 +293,14 @@ async def ingest(
         raise ValueError(f"gnss_pos={gnss_pos!r} is not a folder")
     folder = Path(data_dir).resolve() if data_dir else default_data_dir()
     files = [
-        await asyncio.to_thread(load_file, p, positions=known, gnss_pos=pos_dir, strict=strict)
+        await asyncio.to_thread(
+            load_file,
+            p,
+            positions=known,
+            gnss_pos=pos_dir,
+            strict=strict,
+            frequency_hz=frequency_hz,
+        )
         for p in kiwi_wav
     ]
     for f in files:
@@ -378,12 +392,27 @@ def _timing_line(f: IngestedFile) -> str:
     )
 
 
+def add_frequency_option(p: argparse.ArgumentParser) -> None:
+    """``--frequency-hz``: the files' tuned frequency when their names cannot say it
+    (the same option for ``ingest`` and ``locate``)."""
+    p.add_argument(
+        "--frequency-hz",
+        dest="frequency_hz",
+        type=float,
+        default=None,
+        metavar="HZ",
+        help="tuned frequency of every file in Hz, instead of the file names' (for names "
+        "in whole kHz such as ..._4625_..., which read as Hz are below 10 kHz)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line; exit 0 when every file was ingested, 1 otherwise."""
     p = cli.parser("flows.ingest", __doc__)
     p.add_argument("--kiwi-wav", nargs="+", required=True, metavar="FILE")
     cli.add_station_options(p)
     p.add_argument("--strict", action="store_true", help="refuse repairable defects too")
+    add_frequency_option(p)
     args = vars(p.parse_args(argv))
     as_json = args.pop("json")
     try:

@@ -102,12 +102,23 @@ class StationPosition:
     port: int | None = None
 
 
-def parse_file_name(path: str | Path) -> FileName:
+# What a KiwiSDR tunes: 10 kHz - 30 MHz, more behind a down-converter.
+MIN_FREQUENCY_HZ = 10e3
+MAX_FREQUENCY_HZ = 10e9
+
+
+def parse_file_name(path: str | Path, *, frequency_hz: float | None = None) -> FileName:
     """``YYYYMMDDTHHMMSSZ_<frequency>_<station>_iq.wav`` -> :class:`FileName`.
 
     kiwirecorder writes the frequency as whole Hz (``int(kHz * 1000)``: ``77500``); names
     written by hand or by other tools carry kHz with a decimal point (``77.50``,
-    ``10000.00``). So a field with a decimal point is kHz, a whole number is Hz.
+    ``10000.00``). So a field with a decimal point is kHz and a whole number is Hz, and
+    either must lie in [10 kHz, 10 GHz]. Older tools (and this project before) wrote
+    whole kHz (``60``, ``4625``): read as Hz that is below what a KiwiSDR tunes, so such
+    a name is refused, not misread; ``frequency_hz`` (``--frequency-hz``) then gives the
+    frequency instead of the name. A whole number from 10000 to 30000 is read as Hz (10 to
+    30 kHz); written by such a tool it meant 10 to 30 MHz, and only ``frequency_hz`` can
+    say so.
     """
     name = Path(path).name
     m = _NAME.match(name)
@@ -124,17 +135,32 @@ def parse_file_name(path: str | Path) -> FileName:
             f"point>_<station>_iq.wav: {hint}",
         )
     start = datetime.strptime(m["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    allowed = f"[{MIN_FREQUENCY_HZ / 1e3:g} kHz, {MAX_FREQUENCY_HZ / 1e9:g} GHz]"
+    if frequency_hz is not None:
+        if not MIN_FREQUENCY_HZ <= frequency_hz <= MAX_FREQUENCY_HZ:
+            raise KiwiWavError(
+                path, f"frequency_hz={frequency_hz:g} (--frequency-hz) outside {allowed} (Hz)"
+            )
+        return FileName(start, float(frequency_hz), m["station"])
     field_ = m["freq"]
-    frequency_hz = float(field_) * 1e3 if "." in field_ else float(field_)
-    if not 0 < frequency_hz <= 10e9:
-        raise KiwiWavError(path, f"frequency {field_!r} in the file name is not a frequency")
-    return FileName(start, frequency_hz, m["station"])
+    khz = "." in field_
+    value = float(field_) * 1e3 if khz else float(field_)
+    if not MIN_FREQUENCY_HZ <= value <= MAX_FREQUENCY_HZ:
+        read = f"{field_} kHz" if khz else f"{field_} Hz"
+        raise KiwiWavError(
+            path,
+            f"frequency field {field_!r} of the file name: read as {read}, outside the "
+            f"{allowed} a KiwiSDR tunes (10 kHz - 30 MHz, more behind a down-converter). "
+            "A whole number is Hz, as kiwirecorder writes it (77500); kHz needs a decimal "
+            f"point (77.50). Rename the file, or give the frequency with --frequency-hz",
+        )
+    return FileName(start, value, m["station"])
 
 
 def file_name(start_utc: datetime, frequency_hz: float, station: str) -> str:
     """The kiwirecorder name for a recording (frequency in whole Hz, as kiwirecorder
     writes it)."""
-    return f"{start_utc.astimezone(UTC):%Y%m%dT%H%M%SZ}_{int(frequency_hz)}_{station}_iq.wav"
+    return f"{start_utc.astimezone(UTC):%Y%m%dT%H%M%SZ}_{round(frequency_hz)}_{station}_iq.wav"
 
 
 def read_kiwi_wav(
@@ -142,6 +168,7 @@ def read_kiwi_wav(
     *,
     strict: bool = False,
     max_host_offset_s: float = DEFAULT_MAX_HOST_OFFSET_S,
+    frequency_hz: float | None = None,
 ) -> KiwiWav:
     """Read one kiwi-wav file and fit its timing model.
 
@@ -151,9 +178,11 @@ def read_kiwi_wav(
             last chunk, odd data chunk, frames without a ``kiwi`` chunk).
         max_host_offset_s: GPS stamps further than this from the file name's time are
             not trusted.
+        frequency_hz: the tuned frequency, instead of the one in the file name (for
+            names whose frequency field cannot be read: see :func:`parse_file_name`).
     """
     path = Path(path)
-    name = parse_file_name(path)
+    name = parse_file_name(path, frequency_hz=frequency_hz)
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import lf_scenario as lf
 import numpy as np
 import pytest
 
-from flows.ingest import load_file, received_stretch
+from flows.ingest import load_file, main, received_stretch
 from tasks.recording import GAP_LABEL
 
 A, B, _ = lf.STATIONS
@@ -70,3 +71,36 @@ def test_the_received_stretch_is_the_longest_run_without_lost_frames() -> None:
     np.testing.assert_array_equal(received_stretch(x, [(10, 5), (60, 10)]), x[15:60])
     np.testing.assert_array_equal(received_stretch(x, [(40, 10), (45, 10)]), x[55:])  # overlap
     np.testing.assert_array_equal(received_stretch(x, [(0, 30), (80, 20)]), x[30:80])
+
+
+def test_a_name_in_whole_khz_is_refused_and_frequency_hz_ingests_it(tmp_path: Path) -> None:
+    truth = lf.write_scenario(tmp_path, stations=(replace(A, frequency_khz=60.0),), duration_s=3.0)
+    (path,) = truth["files"]  # type: ignore[misc]
+    renamed = path.rename(path.with_name(path.name.replace("_60.00_", "_60_")))
+    refused = load_file(str(renamed), positions={}, gnss_pos=tmp_path / "gnss_pos", strict=False)
+    assert not refused.ok and (refused.error or "").startswith(renamed.name)
+    assert "frequency field '60'" in (refused.error or "")
+    assert "--frequency-hz" in (refused.error or "")
+    f = load_file(
+        str(renamed),
+        positions={},
+        gnss_pos=tmp_path / "gnss_pos",
+        strict=False,
+        frequency_hz=60e3,
+    )
+    assert f.ok, f.error
+    assert f.frequency_hz == 60e3 and f.row is not None and f.row["frequency_hz"] == 60e3
+    assert f.recording.meta["captures"][0]["core:frequency"] == 60e3  # type: ignore[union-attr]
+
+
+def test_the_ingest_command_takes_frequency_hz(
+    prefect_server: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth = lf.write_scenario(tmp_path, stations=(replace(A, frequency_khz=60.0),), duration_s=3.0)
+    (path,) = truth["files"]  # type: ignore[misc]
+    renamed = path.rename(path.with_name(path.name.replace("_60.00_", "_60_")))
+    args = ["--kiwi-wav", str(renamed), "--gnss-pos", str(tmp_path / "gnss_pos")]
+    args += ["--storage", "local", "--database", "sqlite", "--data-dir", str(tmp_path / "data")]
+    assert main([*args, "--frequency-hz", "60000", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["files"][0]["frequency_hz"] == 60e3 and summary["ok"] == 1

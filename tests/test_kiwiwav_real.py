@@ -181,13 +181,47 @@ def test_unusable_files_name_the_file_and_the_defect(tmp_path: Path) -> None:
         ("20250314T102000Z_77.50_PA3ABC_iq.wav", 77_500.0, "PA3ABC"),  # kHz, decimals
         ("20250314T102000Z_10000.00_my_kiwi-2.b_iq.wav", 10e6, "my_kiwi-2.b"),
         ("20250314T102000Z_10000000_DL0ABC_iq.wav", 10e6, "DL0ABC"),
-        ("20250314T102000Z_4625_UVB-76_IQ.WAV", 4_625.0, "UVB-76"),
+        ("20250314T102000Z_4625000_UVB-76_IQ.WAV", 4_625e3, "UVB-76"),  # on 4625 kHz
+        ("20250314T102000Z_4625.00_UVB-76_iq.wav", 4_625e3, "UVB-76"),
+        ("20250314T102000Z_10000_VLF_iq.wav", 10e3, "VLF"),  # the lowest a KiwiSDR tunes
     ],
 )
 def test_file_names_as_written_in_the_wild(name: str, hz: float, station: str) -> None:
     parsed = parse_file_name(name)
     assert parsed.frequency_hz == pytest.approx(hz) and parsed.station == station
     assert parsed.start_utc == START
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "20250314T102000Z_4625_UVB-76_iq.wav",  # whole kHz (older tools): 4625 Hz
+        "20250314T102000Z_60_MSF_iq.wav",
+        "20250314T102000Z_9999_X_iq.wav",
+        "20250314T102000Z_0.5_X_iq.wav",  # kHz: 500 Hz
+        "20250314T102000Z_20000000.00_X_iq.wav",  # kHz: 20 GHz
+    ],
+)
+def test_a_frequency_field_no_kiwisdr_tunes_is_refused_not_misread(name: str) -> None:
+    field_ = name.split("_")[1]
+    with pytest.raises(KiwiWavError) as info:
+        parse_file_name(name)
+    text = str(info.value)
+    assert text.startswith(name + ": ") and f"frequency field '{field_}'" in text
+    assert "[10 kHz, 10 GHz]" in text and "--frequency-hz" in text
+    assert "whole number is Hz" in text and "kHz needs a decimal point" in text
+
+
+def test_the_frequency_can_be_given_instead_of_the_name(tmp_path: Path) -> None:
+    rec = _recording(seconds=2.0)
+    path = _write(tmp_path, rec)
+    renamed = path.rename(path.with_name(path.name.replace("_77.50_", "_77_")))
+    with pytest.raises(KiwiWavError, match="frequency field '77'"):
+        read_kiwi_wav(renamed)
+    assert read_kiwi_wav(renamed, frequency_hz=77_500.0).frequency_hz == 77_500.0
+    assert parse_file_name(renamed, frequency_hz=4_625e3).frequency_hz == 4_625e3
+    with pytest.raises(KiwiWavError, match=r"frequency_hz=5000 \(--frequency-hz\) outside"):
+        parse_file_name(renamed, frequency_hz=5e3)
 
 
 def test_file_names_that_cannot_be_used_say_how_to_fix_them() -> None:
