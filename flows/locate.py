@@ -506,28 +506,6 @@ def locate_kiwi_files(
     return outcome, reports
 
 
-def load_kiwi_wav(
-    files: list[str],
-    gnss_pos: str | None,
-    positions: list[str] | None,
-    timing_floor_s: float = KIWI_TIMING_FLOOR_S,
-) -> tuple[list[ReceiverSeries], list[str]]:
-    """Receivers from kiwirecorder files; files that cannot be used are named, not fatal."""
-    from flows.ingest import parse_positions
-
-    given = parse_positions(positions)
-    out, problems = [], []
-    for f in files:
-        r = _read_kiwi_file(f, given, gnss_pos, timing_floor_s)
-        if r.series is not None:
-            out.append(r.series)
-        else:
-            prefix = f"{Path(f).name}: "
-            reason = r.reason or ""
-            problems.append(reason if reason.startswith(prefix) else prefix + reason)
-    return out, problems
-
-
 @flow(name="locate", log_prints=False)
 async def locate(
     acquisition_id: str | None = None,

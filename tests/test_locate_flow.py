@@ -355,16 +355,18 @@ def test_location_rows_on_timescaledb(pg_engine: Any) -> None:
 
 
 def test_positions_given_on_the_command_line_win_over_gnss_pos(tmp_path: Path) -> None:
-    files = _lf_files(tmp_path, seconds=3.0)
-    series, problems = locate_flow.load_kiwi_wav(
-        [str(f) for f in files], str(tmp_path / "gnss_pos"), ["north=53.0,10.5"]
-    )
-    assert problems == []
-    by = {s.name: s for s in series}
-    assert (by["north"].latitude, by["north"].longitude) == (53.0, 10.5)
-    assert (by["south"].latitude, by["south"].longitude) == pytest.approx(STATIONS["south"][:2])
-    _, problems = locate_flow.load_kiwi_wav([str(f) for f in files], None, ["north=53.0,10.5"])
-    assert len(problems) == 2 and all("no position for station" in p for p in problems)
+    files = [str(f) for f in _lf_files(tmp_path, seconds=3.0)]
+    gnss = str(tmp_path / "gnss_pos")
+    _, reports = locate_flow.locate_kiwi_files(files, gnss, ["north=53.0,10.5"])
+    assert all(r.status in ("used", "unused") for r in reports), [r.reason for r in reports]
+    by = {r.station: r.series for r in reports}
+    assert (by["north"].latitude, by["north"].longitude) == (53.0, 10.5)  # type: ignore[union-attr]
+    assert (by["south"].latitude, by["south"].longitude) == pytest.approx(STATIONS["south"][:2])  # type: ignore[union-attr]
+    _, reports = locate_flow.locate_kiwi_files(files, None, ["north=53.0,10.5"])
+    failed = [r for r in reports if r.status == "failed"]
+    assert sorted(r.station for r in failed) == ["south", "west"]  # type: ignore[type-var]
+    assert all("no position for station" in (r.reason or "") for r in failed)
+    assert all((r.reason or "").startswith(Path(r.file).name + ": ") for r in failed)
 
 
 @pytest.mark.flow
