@@ -7,11 +7,13 @@ storage and database, so the rest of the project (locate, reports, queries) trea
 imported and captured data alike. A bad file gets its own clear error; the good files
 of the same call still go through.
 
-``python -m flows.ingest --kiwi-wav FILES... [--gnss-pos DIR] [--position NAME=LAT,LON]``
+``python -m flows.ingest --kiwi-wav FILES... [--gnss-pos DIR] [--position NAME=LAT,LON]
+[--frequency-hz HZ]``
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import sys
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import flow
 from prefect.futures import wait
 from prefect.logging import get_run_logger
@@ -139,6 +142,21 @@ def frame_timing(wav: KiwiWav) -> dict[str, Any]:
     }
 
 
+def received_stretch(samples: np.ndarray, gaps: list[tuple[int, int]]) -> np.ndarray:
+    """The longest run of ``samples`` holding no zero-filled lost frame (all of them
+    without gaps)."""
+    if not gaps:
+        return samples
+    best, at = (0, 0), 0
+    for start, count in sorted(gaps):
+        if start - at > best[1] - best[0]:
+            best = (at, start)
+        at = max(at, start + count)
+    if samples.size - at > best[1] - best[0]:
+        best = (at, samples.size)
+    return samples[best[0] : best[1]]
+
+
 def build_file_recording(
     wav: KiwiWav, position: StationPosition, acquisition_id: str
 ) -> tuple[Recording, dict[str, Any]]:
@@ -150,8 +168,11 @@ def build_file_recording(
     rate = model.sample_rate_hz
     # The file does not say which passband was set (+-500 Hz and +-5 kHz both occur):
     # measured over the band the spectrum shows, so the stopband is never the noise.
-    passband = estimate_passband(wav.samples, rate)
-    m = measure(wav.samples, rate, passband_hz=passband)
+    # Lost frames are zeros: the passband is read from the longest received stretch (a
+    # jump to zeros inside a Welch segment leaks over the stopband) and the figures
+    # average over the received samples only, as for a capture (tasks/process.py).
+    passband = estimate_passband(received_stretch(wav.samples, wav.gaps), rate)
+    m = measure(wav.samples, rate, passband_hz=passband, gaps=wav.gaps)
     recording = build_recording(
         wav.samples,
         name=wav.station,
@@ -175,6 +196,7 @@ def build_file_recording(
             "passband_low_hz": round(passband[0], 1),
             "passband_high_hz": round(passband[1], 1),
         },
+        gaps=wav.gaps,
         timing=frame_timing(wav),
         timing_model=model.as_dict(),
         description=f"{wav.station} at {wav.frequency_hz / 1e6:.6f} MHz from {wav.path.name}",
@@ -188,15 +210,17 @@ def load_file(
     positions: dict[str, StationPosition],
     gnss_pos: Path | None,
     strict: bool,
+    frequency_hz: float | None = None,
 ) -> IngestedFile:
-    """Read, time and measure one file; every failure becomes the file's error."""
+    """Read, time and measure one file; every failure becomes the file's error.
+    ``frequency_hz`` replaces the file name's frequency (``--frequency-hz``)."""
     out = IngestedFile(file=path)
     try:
-        name = parse_file_name(path)
+        name = parse_file_name(path, frequency_hz=frequency_hz)
         out.station, out.frequency_hz = name.station, name.frequency_hz
         check_key_part(name.station, "station")
         position = station_position(name.station, positions, gnss_pos)
-        wav = read_kiwi_wav(path, strict=strict)
+        wav = read_kiwi_wav(path, strict=strict, frequency_hz=frequency_hz)
         out.defects = list(wav.defects)
         out.recording, out.row = build_file_recording(wav, position, str(uuid.uuid4()))
     except (KiwiWavError, StorageKeyError, ValueError) as exc:
@@ -237,6 +261,7 @@ async def ingest(
     database: str = "auto",
     data_dir: str | None = None,
     strict: bool = False,
+    frequency_hz: float | None = None,
 ) -> State[dict[str, Any]]:
     """Import kiwi-wav files: one recording and row per good file.
 
@@ -249,6 +274,8 @@ async def ingest(
         database: "auto", "sqlite" or "timescaledb-connection/<name>".
         data_dir: folder of the local defaults.
         strict: refuse files with repairable defects too (stale RIFF size ...).
+        frequency_hz: the tuned frequency of every file, instead of their names' (for
+            names in whole kHz, which kiwirecorder's whole-Hz convention cannot read).
 
     Returns:
         Completed when every file was imported and recorded; Failed (with the same
@@ -266,7 +293,14 @@ async def ingest(
         raise ValueError(f"gnss_pos={gnss_pos!r} is not a folder")
     folder = Path(data_dir).resolve() if data_dir else default_data_dir()
     files = [
-        await asyncio.to_thread(load_file, p, positions=known, gnss_pos=pos_dir, strict=strict)
+        await asyncio.to_thread(
+            load_file,
+            p,
+            positions=known,
+            gnss_pos=pos_dir,
+            strict=strict,
+            frequency_hz=frequency_hz,
+        )
         for p in kiwi_wav
     ]
     for f in files:
@@ -358,12 +392,27 @@ def _timing_line(f: IngestedFile) -> str:
     )
 
 
+def add_frequency_option(p: argparse.ArgumentParser) -> None:
+    """``--frequency-hz``: the files' tuned frequency when their names cannot say it
+    (the same option for ``ingest`` and ``locate``)."""
+    p.add_argument(
+        "--frequency-hz",
+        dest="frequency_hz",
+        type=float,
+        default=None,
+        metavar="HZ",
+        help="tuned frequency of every file in Hz, instead of the file names' (for names "
+        "in whole kHz such as ..._4625_..., which read as Hz are below 10 kHz)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line; exit 0 when every file was ingested, 1 otherwise."""
     p = cli.parser("flows.ingest", __doc__)
     p.add_argument("--kiwi-wav", nargs="+", required=True, metavar="FILE")
     cli.add_station_options(p)
     p.add_argument("--strict", action="store_true", help="refuse repairable defects too")
+    add_frequency_option(p)
     args = vars(p.parse_args(argv))
     as_json = args.pop("json")
     try:

@@ -7,7 +7,7 @@ artifact) and a summary dict (``--json`` prints it as one JSON object on stdout)
 
     python -m flows.locate --acquisition ID [--json]
     python -m flows.locate --kiwi-wav A.wav B.wav C.wav [--gnss-pos DIR]
-                           [--position NAME=LAT,LON ...] [--json]
+                           [--position NAME=LAT,LON ...] [--frequency-hz HZ] [--json]
 """
 
 from __future__ import annotations
@@ -164,6 +164,19 @@ def series_from_recording(samples: np.ndarray, meta: dict[str, Any]) -> Receiver
         center_hz=float(capture["core:frequency"]),
         timing_sigma_s=sigma,
         flags=tuple(flags),
+        gaps=recorded_gaps(meta),
+    )
+
+
+def recorded_gaps(meta: dict[str, Any]) -> tuple[tuple[int, int], ...]:
+    """The zero-filled lost frames of a stored recording, from its SigMF gap annotations
+    (tasks.recording writes one per gap), so they are never correlated."""
+    from tasks.recording import GAP_LABEL
+
+    return tuple(
+        (int(a["core:sample_start"]), int(a["core:sample_count"]))
+        for a in meta.get("annotations") or []
+        if a.get("core:label") == GAP_LABEL and int(a.get("core:sample_count", 0)) > 0
     )
 
 
@@ -277,14 +290,18 @@ class FileReport:
 
 
 def _read_kiwi_file(
-    path: str, positions: dict[str, Any], gnss_pos: str | None, timing_floor_s: float
+    path: str,
+    positions: dict[str, Any],
+    gnss_pos: str | None,
+    timing_floor_s: float,
+    frequency_hz: float | None = None,
 ) -> FileReport:
     """One file -> its receiver series, or the reason it cannot be one."""
     from tasks.kiwiwav import KiwiWavError, find_station_position, parse_file_name, read_kiwi_wav
 
     report = FileReport(file=path)
     try:
-        name = parse_file_name(path)
+        name = parse_file_name(path, frequency_hz=frequency_hz)
         report.station, report.frequency_hz = name.station, name.frequency_hz
         pos = positions.get(name.station)
         if pos is None:
@@ -295,7 +312,7 @@ def _read_kiwi_file(
                     f"{name.station}.txt) or --position {name.station}=LAT,LON",
                 )
             pos = find_station_position(gnss_pos, name.station)
-        wav = read_kiwi_wav(path)
+        wav = read_kiwi_wav(path, frequency_hz=frequency_hz)
     except (KiwiWavError, ValueError, OSError) as exc:
         msg, prefix = str(exc), f"{Path(path).name}: "
         report.reason = msg if msg.startswith(prefix) else prefix + msg
@@ -424,6 +441,7 @@ def locate_kiwi_files(
     truth: tuple[float, float] | None = None,
     timing_floor_s: float = KIWI_TIMING_FLOOR_S,
     min_window_s: float = MIN_COMMON_WINDOW_S,
+    frequency_hz: float | None = None,
 ) -> tuple[LocateOutcome, list[FileReport]]:
     """kiwirecorder files -> a position, and what became of every file (no Prefect).
 
@@ -431,11 +449,12 @@ def locate_kiwi_files(
     with its reason and the others go on: unreadable or damaged beyond repair, no
     position, no GPS timing, an unlocked GPS clock, another frequency than most files,
     no GPS time in common with the others, a second file of the same station.
+    ``frequency_hz`` replaces the file names' frequency (``--frequency-hz``).
     """
     from flows.ingest import parse_positions
 
     given = parse_positions(positions)
-    reports = [_read_kiwi_file(f, given, gnss_pos, timing_floor_s) for f in files]
+    reports = [_read_kiwi_file(f, given, gnss_pos, timing_floor_s, frequency_hz) for f in files]
     seen: dict[str, str] = {}
     for r in reports:
         if r.series is None:
@@ -487,28 +506,6 @@ def locate_kiwi_files(
     return outcome, reports
 
 
-def load_kiwi_wav(
-    files: list[str],
-    gnss_pos: str | None,
-    positions: list[str] | None,
-    timing_floor_s: float = KIWI_TIMING_FLOOR_S,
-) -> tuple[list[ReceiverSeries], list[str]]:
-    """Receivers from kiwirecorder files; files that cannot be used are named, not fatal."""
-    from flows.ingest import parse_positions
-
-    given = parse_positions(positions)
-    out, problems = [], []
-    for f in files:
-        r = _read_kiwi_file(f, given, gnss_pos, timing_floor_s)
-        if r.series is not None:
-            out.append(r.series)
-        else:
-            prefix = f"{Path(f).name}: "
-            reason = r.reason or ""
-            problems.append(reason if reason.startswith(prefix) else prefix + reason)
-    return out, problems
-
-
 @flow(name="locate", log_prints=False)
 async def locate(
     acquisition_id: str | None = None,
@@ -522,8 +519,10 @@ async def locate(
     emitter_altitude_m: float = 0.0,
     truth_latitude: float | None = None,
     truth_longitude: float | None = None,
+    frequency_hz: float | None = None,
 ) -> dict[str, Any]:
-    """Locate the transmitter heard in an acquisition or in kiwirecorder files."""
+    """Locate the transmitter heard in an acquisition or in kiwirecorder files
+    (``frequency_hz``: the files' tuned frequency, instead of their names')."""
     from blocks.resolve import default_data_dir, resolve_database
     from tasks.localization_map import map_png
     from tasks.locations import upsert_location
@@ -531,6 +530,8 @@ async def locate(
     logger = get_run_logger()
     if (acquisition_id is None) == (not kiwi_wav):
         raise ValueError("give exactly one of acquisition_id or kiwi_wav")
+    if frequency_hz is not None and acquisition_id is not None:
+        raise ValueError("frequency_hz is for kiwi_wav files (a recording has its own)")
     folder = Path(data_dir) if data_dir else default_data_dir()
     truth = (
         (truth_latitude, truth_longitude)
@@ -553,6 +554,7 @@ async def locate(
             speed_m_s=speed_m_s,
             emitter_altitude_m=emitter_altitude_m,
             truth=truth,
+            frequency_hz=frequency_hz,
         )
     for r in reports:
         if r.status in ("failed", "excluded"):
@@ -686,11 +688,14 @@ def _markdown(o: LocateOutcome, map_path: Path, png: bytes) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line; exit 0 when a position was found."""
+    from flows.ingest import add_frequency_option
+
     p = cli.parser("flows.locate", __doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--acquisition", dest="acquisition_id", metavar="ID")
     src.add_argument("--kiwi-wav", nargs="+", metavar="FILE")
     cli.add_station_options(p)
+    add_frequency_option(p)
     p.add_argument(
         "--speed",
         dest="speed_m_s",

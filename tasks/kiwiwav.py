@@ -102,12 +102,23 @@ class StationPosition:
     port: int | None = None
 
 
-def parse_file_name(path: str | Path) -> FileName:
+# What a KiwiSDR tunes: 10 kHz - 30 MHz, more behind a down-converter.
+MIN_FREQUENCY_HZ = 10e3
+MAX_FREQUENCY_HZ = 10e9
+
+
+def parse_file_name(path: str | Path, *, frequency_hz: float | None = None) -> FileName:
     """``YYYYMMDDTHHMMSSZ_<frequency>_<station>_iq.wav`` -> :class:`FileName`.
 
     kiwirecorder writes the frequency as whole Hz (``int(kHz * 1000)``: ``77500``); names
     written by hand or by other tools carry kHz with a decimal point (``77.50``,
-    ``10000.00``). So a field with a decimal point is kHz, a whole number is Hz.
+    ``10000.00``). So a field with a decimal point is kHz and a whole number is Hz, and
+    either must lie in [10 kHz, 10 GHz]. Older tools (and this project before) wrote
+    whole kHz (``60``, ``4625``): read as Hz that is below what a KiwiSDR tunes, so such
+    a name is refused, not misread; ``frequency_hz`` (``--frequency-hz``) then gives the
+    frequency instead of the name. A whole number from 10000 to 30000 is read as Hz (10 to
+    30 kHz); written by such a tool it meant 10 to 30 MHz, and only ``frequency_hz`` can
+    say so.
     """
     name = Path(path).name
     m = _NAME.match(name)
@@ -124,17 +135,32 @@ def parse_file_name(path: str | Path) -> FileName:
             f"point>_<station>_iq.wav: {hint}",
         )
     start = datetime.strptime(m["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    allowed = f"[{MIN_FREQUENCY_HZ / 1e3:g} kHz, {MAX_FREQUENCY_HZ / 1e9:g} GHz]"
+    if frequency_hz is not None:
+        if not MIN_FREQUENCY_HZ <= frequency_hz <= MAX_FREQUENCY_HZ:
+            raise KiwiWavError(
+                path, f"frequency_hz={frequency_hz:g} (--frequency-hz) outside {allowed} (Hz)"
+            )
+        return FileName(start, float(frequency_hz), m["station"])
     field_ = m["freq"]
-    frequency_hz = float(field_) * 1e3 if "." in field_ else float(field_)
-    if not 0 < frequency_hz <= 10e9:
-        raise KiwiWavError(path, f"frequency {field_!r} in the file name is not a frequency")
-    return FileName(start, frequency_hz, m["station"])
+    khz = "." in field_
+    value = float(field_) * 1e3 if khz else float(field_)
+    if not MIN_FREQUENCY_HZ <= value <= MAX_FREQUENCY_HZ:
+        read = f"{field_} kHz" if khz else f"{field_} Hz"
+        raise KiwiWavError(
+            path,
+            f"frequency field {field_!r} of the file name: read as {read}, outside the "
+            f"{allowed} a KiwiSDR tunes (10 kHz - 30 MHz, more behind a down-converter). "
+            "A whole number is Hz, as kiwirecorder writes it (77500); kHz needs a decimal "
+            f"point (77.50). Rename the file, or give the frequency with --frequency-hz",
+        )
+    return FileName(start, value, m["station"])
 
 
 def file_name(start_utc: datetime, frequency_hz: float, station: str) -> str:
     """The kiwirecorder name for a recording (frequency in whole Hz, as kiwirecorder
     writes it)."""
-    return f"{start_utc.astimezone(UTC):%Y%m%dT%H%M%SZ}_{int(frequency_hz)}_{station}_iq.wav"
+    return f"{start_utc.astimezone(UTC):%Y%m%dT%H%M%SZ}_{round(frequency_hz)}_{station}_iq.wav"
 
 
 def read_kiwi_wav(
@@ -142,6 +168,7 @@ def read_kiwi_wav(
     *,
     strict: bool = False,
     max_host_offset_s: float = DEFAULT_MAX_HOST_OFFSET_S,
+    frequency_hz: float | None = None,
 ) -> KiwiWav:
     """Read one kiwi-wav file and fit its timing model.
 
@@ -151,9 +178,11 @@ def read_kiwi_wav(
             last chunk, odd data chunk, frames without a ``kiwi`` chunk).
         max_host_offset_s: GPS stamps further than this from the file name's time are
             not trusted.
+        frequency_hz: the tuned frequency, instead of the one in the file name (for
+            names whose frequency field cannot be read: see :func:`parse_file_name`).
     """
     path = Path(path)
-    name = parse_file_name(path)
+    name = parse_file_name(path, frequency_hz=frequency_hz)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -253,7 +282,7 @@ def read_kiwi_wav(
         raise KiwiWavError(path, f"all {len(stamps)} GPS stamps are zero (timestamps off)")
     host_ref_ns = datetime_to_ns(name.start_utc)
     frame = int(np.median([p.shape[0] for p in pieces]))
-    plan = plan_frame_gaps(stamps, float(fmt[2]), host_ref_ns, frame)
+    plan = plan_frame_gaps(stamps, float(fmt[2]), host_ref_ns, frame, sample_count=n)
     for text in plan.notes:
         defect(text)
     # the file name's time is that of the file's first sample, before any dropped frames
@@ -296,14 +325,17 @@ MAX_GAP_FILL_S = 60.0
 class GapPlan:
     """Where samples were lost inside a recording, from its GPS stamps.
 
-    ``fills`` maps a frame number to the whole samples lost just before it; frames
-    outside ``first_frame .. end_frame`` (exclusive) are dropped; ``notes`` say why.
+    ``fills`` maps a frame number to the whole samples lost just before it; ``zeroed``
+    frames sit between lost frames where no stamp of theirs says where they belong: their
+    samples are zeroed and counted in the gap. Frames outside ``first_frame .. end_frame``
+    (exclusive) are dropped; ``notes`` say why.
     """
 
     fills: dict[int, int]
     first_frame: int
     end_frame: int
     notes: tuple[str, ...] = ()
+    zeroed: tuple[int, ...] = ()
 
 
 def plan_frame_gaps(
@@ -311,6 +343,8 @@ def plan_frame_gaps(
     nominal_rate_hz: float,
     host_ref_ns: int,
     frame_samples: int | None = None,
+    *,
+    sample_count: int | None = None,
 ) -> GapPlan:
     """Find lost frames: runs of stamps that each lie on one line, stepping forward.
 
@@ -320,20 +354,30 @@ def plan_frame_gaps(
     time one or more frames (tens of ms) wrong, and the timing fit would take the stamps
     of the shorter side as outliers. Stamps are grouped into runs that agree with the
     nominal rate (a lost frame is a step of >= 21 ms; rate errors drift < 1 us per
-    frame); single stamps off the runs are outliers (stale, hours-off) and left to the
-    fit. Between two runs the step, measured with the longest run's own rate, is the
+    frame). Between two runs the step, measured with the longest run's own rate, is the
     whole number of samples lost: zero-filled, so every sample keeps its GPS time. A step
     backwards, not close to whole samples, or longer than ``MAX_GAP_FILL_S`` cannot be
     filled: then only the longest consistent part of the file is kept. With
     ``frame_samples`` (the file's usual data-chunk size) only whole lost frames are
-    filled: a step of any other size is a clock step, not lost data.
+    filled: a step of any other size is a clock step, not lost data. ``sample_count``
+    (the file's samples) ends the last part; without it the last frame is taken to be
+    ``frame_samples`` long.
+
+    A stamp alone (a frame kept between two lost ones, or before a gap at the start) is
+    placed by its own stamp when that lies on the longest run's line a whole number of
+    frames ahead of the run before it and behind the run after it. Otherwise a lone stamp
+    is an outlier (stale, hours-off) left to the fit, unless it sits inside a gap:
+    frames between two runs with lost samples between them, without a stamp that places
+    them, could belong anywhere in the gap, so they are zeroed and become part of it.
+    The first frame's stamp (0/0 or stale on real KiwiSDRs) is used here only when it
+    lies on the line; a gap right after an unstamped first frame cannot be seen.
     """
     n_frames = len(stamps)
     none = GapPlan({}, 0, n_frames)
     ns_nom = NS_PER_S / nominal_rate_hz
     points: list[tuple[int, int, int]] = []  # (frame, sample index, utc ns)
     for k, s in enumerate(stamps):
-        if k == 0 or s.empty or s.no_gps_clock:
+        if s.empty or s.no_gps_clock:
             continue
         near = host_ref_ns + round(s.sample_index * ns_nom)
         points.append((k, s.sample_index, gps_stamp_to_utc_ns(s.gpssec, s.gpsnsec, near)))
@@ -349,7 +393,7 @@ def plan_frame_gaps(
         else:
             runs.append([p])
     real = sorted((r for r in runs if len(r) >= 2), key=lambda r: r[0][0])
-    if len(real) < 2:
+    if not real:
         return none
     if any(a[-1][0] > b[0][0] for a, b in itertools.pairwise(real)):
         return none  # interleaved families of stamps: not a gap; the fit decides
@@ -360,16 +404,19 @@ def plan_frame_gaps(
     slope = float(np.polyfit(xs, ys, 1)[0]) if xs[-1] > xs[0] else ns_nom
     if not abs(slope / ns_nom - 1.0) < 1e-3:
         slope = ns_nom
+    if frame_samples:
+        frame = frame_samples
+    else:
+        steps = np.diff([s.sample_index for s in stamps])
+        frame = int(np.median(steps)) if steps.size else 0
 
     def offset(run: list[tuple[int, int, int]]) -> float:
+        """ns off the longest run's line."""
         return float(np.median([(t - t_ref) - (i - i_ref) * slope for _, i, t in run]))
 
-    fills: dict[int, int] = {}
-    notes: list[str] = []
-    parts: list[tuple[int, int]] = []  # (first frame, end frame) of parts that hold together
-    start = 0
-    for a, b in itertools.pairwise(real):
-        missing = (offset(b) - offset(a)) / slope
+    def step(a: float, b: float) -> tuple[float, int, bool]:
+        """Samples lost between offsets a and b, rounded, and whether that is a gap."""
+        missing = (b - a) / slope
         whole = round(missing)
         ok = (
             whole >= 1
@@ -377,6 +424,37 @@ def plan_frame_gaps(
             and missing * slope <= MAX_GAP_FILL_S * NS_PER_S
             and (not frame_samples or whole % frame_samples == 0)
         )
+        return missing, whole, ok
+
+    def whole_frames(o: float) -> bool:
+        ahead = o / slope
+        return abs(ahead - round(ahead)) <= 0.25 and (not frame or round(ahead) % frame == 0)
+
+    sequence = list(real)
+    for run in runs:
+        if len(run) != 1:
+            continue
+        k = run[0][0]
+        if any(r[0][0] < k < r[-1][0] for r in real):
+            continue  # an outlier inside a run: the fit leaves it out
+        before = [r for r in real if r[-1][0] < k]
+        after = [r for r in real if r[0][0] > k]
+        o = offset(run)
+        if (
+            whole_frames(o)
+            and (not before or step(offset(before[-1]), o)[2])
+            and (not after or step(o, offset(after[0]))[2])
+        ):
+            sequence.append(run)
+    sequence.sort(key=lambda r: r[0][0])
+
+    fills: dict[int, int] = {}
+    zeroed: list[int] = []
+    notes: list[str] = []
+    parts: list[tuple[int, int]] = []  # (first frame, end frame) of parts that hold together
+    start = 0
+    for a, b in itertools.pairwise(sequence):
+        missing, whole, ok = step(offset(a), offset(b))
         if ok:
             fills[b[0][0]] = whole
             notes.append(
@@ -384,6 +462,12 @@ def plan_frame_gaps(
                 f"{b[0][0]} (the GPS stamps jump ahead): zero-filled so every sample keeps "
                 "its GPS time; correlation segments over the gap are left out"
             )
+            for k in range(a[-1][0] + 1, b[0][0]):
+                zeroed.append(k)
+                notes.append(
+                    f"frame {k}'s position is not known (kept between lost frames, its GPS "
+                    "stamp missing or off the line): zeroed as part of the gap"
+                )
         else:
             parts.append((start, b[0][0]))
             start = b[0][0]
@@ -394,39 +478,59 @@ def plan_frame_gaps(
             )
     parts.append((start, n_frames))
     if len(parts) == 1:
-        return GapPlan(fills, 0, n_frames, tuple(notes))
+        return GapPlan(fills, 0, n_frames, tuple(notes), tuple(zeroed))
+
+    n = sample_count if sample_count is not None else stamps[-1].sample_index + frame
 
     def size(part: tuple[int, int]) -> int:
         lo, hi = part
-        end = stamps[hi].sample_index if hi < n_frames else None
-        return (end if end is not None else stamps[-1].sample_index + 1) - stamps[lo].sample_index
+        return (stamps[hi].sample_index if hi < n_frames else n) - stamps[lo].sample_index
 
     lo, hi = max(parts, key=size)
     notes.append(f"only frames {lo}..{hi - 1} are kept (the longest part on one GPS line)")
-    return GapPlan({k: v for k, v in fills.items() if lo < k < hi}, lo, hi, tuple(notes))
+    return GapPlan(
+        {k: v for k, v in fills.items() if lo < k < hi},
+        lo,
+        hi,
+        tuple(notes),
+        tuple(k for k in zeroed if lo < k < hi),
+    )
 
 
 def _assemble(
     pieces: list[np.ndarray], stamps: list[FrameStamp], plan: GapPlan
 ) -> tuple[np.ndarray, list[FrameStamp], list[tuple[int, int]]]:
     """complex64 samples (full scale 1.0) of the kept frames with the lost samples
-    zero-filled, the stamps re-indexed to them, and the filled spans (start, length)."""
+    zero-filled, the stamps re-indexed to them, and the filled spans (start, length):
+    zeroed frames (their stamps blanked) and the lost samples next to them are one span."""
     keep = range(plan.first_frame, plan.end_frame)
+    zeroed = set(plan.zeroed)
     total = sum(pieces[k].shape[0] for k in keep) + sum(plan.fills.values())
     samples = np.zeros(total, dtype=np.complex64)
     re, im = samples.real, samples.imag  # views into samples
     out: list[FrameStamp] = []
     gaps: list[tuple[int, int]] = []
+
+    def gap(at: int, count: int) -> None:
+        if gaps and gaps[-1][0] + gaps[-1][1] == at:
+            gaps[-1] = (gaps[-1][0], gaps[-1][1] + count)
+        else:
+            gaps.append((at, count))
+
     at = 0
     for k in keep:
         lost = plan.fills.get(k, 0)
         if lost:
-            gaps.append((at, lost))
+            gap(at, lost)
             at += lost
         iq = pieces[k]
-        re[at : at + iq.shape[0]] = iq[:, 0]
-        im[at : at + iq.shape[0]] = iq[:, 1]
-        out.append(replace(stamps[k], sample_index=at))
+        if k in zeroed:
+            gap(at, iq.shape[0])
+            out.append(replace(stamps[k], sample_index=at, gpssec=0, gpsnsec=0))
+        else:
+            re[at : at + iq.shape[0]] = iq[:, 0]
+            im[at : at + iq.shape[0]] = iq[:, 1]
+            out.append(replace(stamps[k], sample_index=at))
         at += iq.shape[0]
     samples *= np.float32(1.0 / 32768.0)
     return samples, out, gaps

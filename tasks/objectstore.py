@@ -79,13 +79,6 @@ def transfer_config() -> Any:
     )
 
 
-def __getattr__(name: str) -> Any:
-    """``TRANSFER_CONFIG``, the name this module had for :func:`transfer_config`'s value."""
-    if name == "TRANSFER_CONFIG":
-        return transfer_config()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def botocore_errors() -> Any:
     """``botocore.exceptions`` when botocore is already imported, else None (see the top)."""
     return sys.modules.get("botocore.exceptions")

@@ -51,6 +51,9 @@ def test_file_name_round_trip() -> None:
     assert (parsed.start_utc, parsed.frequency_hz, parsed.station) == (START, 77_500.0, "dcf")
     with pytest.raises(KiwiWavError, match=r"bad\.wav: file name does not match"):
         parse_file_name("bad.wav")
+    # a frequency computed in floating point lands on the nearest Hz, not below it
+    assert file_name(START, 77_499.9999, "x").split("_")[1] == "77500"
+    assert file_name(START, 4_625e3 - 1e-6, "x").split("_")[1] == "4625000"
 
 
 def test_round_trip_exact(tmp_path: Path) -> None:

@@ -181,13 +181,47 @@ def test_unusable_files_name_the_file_and_the_defect(tmp_path: Path) -> None:
         ("20250314T102000Z_77.50_PA3ABC_iq.wav", 77_500.0, "PA3ABC"),  # kHz, decimals
         ("20250314T102000Z_10000.00_my_kiwi-2.b_iq.wav", 10e6, "my_kiwi-2.b"),
         ("20250314T102000Z_10000000_DL0ABC_iq.wav", 10e6, "DL0ABC"),
-        ("20250314T102000Z_4625_UVB-76_IQ.WAV", 4_625.0, "UVB-76"),
+        ("20250314T102000Z_4625000_UVB-76_IQ.WAV", 4_625e3, "UVB-76"),  # on 4625 kHz
+        ("20250314T102000Z_4625.00_UVB-76_iq.wav", 4_625e3, "UVB-76"),
+        ("20250314T102000Z_10000_VLF_iq.wav", 10e3, "VLF"),  # the lowest a KiwiSDR tunes
     ],
 )
 def test_file_names_as_written_in_the_wild(name: str, hz: float, station: str) -> None:
     parsed = parse_file_name(name)
     assert parsed.frequency_hz == pytest.approx(hz) and parsed.station == station
     assert parsed.start_utc == START
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "20250314T102000Z_4625_UVB-76_iq.wav",  # whole kHz (older tools): 4625 Hz
+        "20250314T102000Z_60_MSF_iq.wav",
+        "20250314T102000Z_9999_X_iq.wav",
+        "20250314T102000Z_0.5_X_iq.wav",  # kHz: 500 Hz
+        "20250314T102000Z_20000000.00_X_iq.wav",  # kHz: 20 GHz
+    ],
+)
+def test_a_frequency_field_no_kiwisdr_tunes_is_refused_not_misread(name: str) -> None:
+    field_ = name.split("_")[1]
+    with pytest.raises(KiwiWavError) as info:
+        parse_file_name(name)
+    text = str(info.value)
+    assert text.startswith(name + ": ") and f"frequency field '{field_}'" in text
+    assert "[10 kHz, 10 GHz]" in text and "--frequency-hz" in text
+    assert "whole number is Hz" in text and "kHz needs a decimal point" in text
+
+
+def test_the_frequency_can_be_given_instead_of_the_name(tmp_path: Path) -> None:
+    rec = _recording(seconds=2.0)
+    path = _write(tmp_path, rec)
+    renamed = path.rename(path.with_name(path.name.replace("_77.50_", "_77_")))
+    with pytest.raises(KiwiWavError, match="frequency field '77'"):
+        read_kiwi_wav(renamed)
+    assert read_kiwi_wav(renamed, frequency_hz=77_500.0).frequency_hz == 77_500.0
+    assert parse_file_name(renamed, frequency_hz=4_625e3).frequency_hz == 4_625e3
+    with pytest.raises(KiwiWavError, match=r"frequency_hz=5000 \(--frequency-hz\) outside"):
+        parse_file_name(renamed, frequency_hz=5e3)
 
 
 def test_file_names_that_cannot_be_used_say_how_to_fix_them() -> None:
@@ -207,3 +241,84 @@ def test_gnss_pos_with_loose_spacing_and_negative_coordinates(tmp_path: Path) ->
     assert find_station_position(tmp_path, "lu1xyz").latitude == -34.6037  # case differs
     with pytest.raises(KiwiWavError, match=r"LU1XYZ-2\.txt: no position file"):
         find_station_position(tmp_path, "LU1XYZ-2")
+
+
+def _original(rec: lf.Recording, frame: int) -> np.ndarray:
+    """An original frame's samples as the 16-bit file holds them."""
+    x = rec.samples[frame * lf.FRAME : (frame + 1) * lf.FRAME]
+    return (np.round(x.real * 32768) + 1j * np.round(x.imag * 32768)) / 32768
+
+
+def test_a_frame_kept_between_two_lost_frames_keeps_its_place(tmp_path: Path) -> None:
+    """Frames 100 and 102 lost: frame 101's stamp lies on the GPS line one frame after
+    frame 99's, so it is placed there, with a one-frame gap on each side."""
+    rec = _recording()
+    wav = read_kiwi_wav(_write(tmp_path, rec, lost_frames=(100, 102)))
+    n = lf.FRAME
+    assert wav.samples.size == rec.samples.size
+    assert wav.gaps == [(100 * n, n), (102 * n, n)]
+    for k in (99, 101, 103):
+        np.testing.assert_allclose(wav.samples[k * n : (k + 1) * n], _original(rec, k), atol=1e-6)
+    assert not np.any(wav.samples[100 * n : 101 * n]) and not np.any(wav.samples[102 * n : 103 * n])
+    for i in (50 * n, 101 * n, 200 * n):
+        assert abs(time_of_sample(wav.timing, i) - _true_time_ns(rec, i)) < 200  # ns
+
+
+def test_a_frame_between_lost_frames_whose_stamp_is_off_the_line_is_left_out(
+    tmp_path: Path,
+) -> None:
+    """The same loss with frame 101's stamp 3 ms off: where its samples belong is not
+    known, so they are zeroed and the three frames are one gap (never correlated)."""
+    rec = _recording()
+    lgs, sec, nsec = rec.stamps[101]
+    stamps = list(rec.stamps)
+    stamps[101] = (lgs, *divmod(sec * 10**9 + nsec + 3_000_000, 10**9))
+    wav = read_kiwi_wav(_write(tmp_path, replace(rec, stamps=stamps), lost_frames=(100, 102)))
+    n = lf.FRAME
+    assert wav.samples.size == rec.samples.size
+    assert wav.gaps == [(100 * n, 3 * n)]
+    assert not np.any(wav.samples[100 * n : 103 * n])
+    np.testing.assert_allclose(wav.samples[103 * n : 104 * n], _original(rec, 103), atol=1e-6)
+    assert any("frame 100" in d and "position is not known" in d for d in wav.defects), wav.defects
+    assert abs(time_of_sample(wav.timing, 200 * n) - _true_time_ns(rec, 200 * n)) < 200
+
+
+@pytest.mark.parametrize(
+    ("defects", "lost", "gap"),
+    [
+        ((), (1,), (1, 1)),  # frame 0 stamped: it places itself before the gap
+        (("zero_first",), (2,), (2, 1)),  # frame 1 alone before the gap
+        (("zero_first",), (2, 3), (2, 2)),
+    ],
+)
+def test_a_gap_right_after_the_first_frames(
+    tmp_path: Path, defects: tuple[str, ...], lost: tuple[int, ...], gap: tuple[int, int]
+) -> None:
+    rec = _recording(replace(A, defects=defects))
+    wav = read_kiwi_wav(_write(tmp_path, rec, lost_frames=lost))
+    n = lf.FRAME
+    assert wav.samples.size == rec.samples.size
+    assert wav.gaps == [(gap[0] * n, gap[1] * n)]
+    for k in (0, gap[0] - 1, gap[0] + gap[1]):
+        np.testing.assert_allclose(wav.samples[k * n : (k + 1) * n], _original(rec, k), atol=1e-6)
+    for i in (0, 100 * n):
+        assert abs(time_of_sample(wav.timing, i) - _true_time_ns(rec, i)) < 200  # ns
+
+
+def test_the_longest_part_counts_the_last_frame_whole() -> None:
+    """Two parts on different GPS lines (a 3 ms clock step before frame 10): the second
+    holds as many frames and more samples (its last chunk is 700 samples long), so it
+    is the one kept: its size runs to the file's end, not to its last frame's start."""
+    rate, n = 12001.0, lf.FRAME
+    starts = [k * n for k in range(20)]
+    total = starts[-1] + 700
+    t0 = datetime_to_ns(START)
+    stamps = []
+    for k, i in enumerate(starts):
+        utc = t0 + round(i * 1e9 / rate) + (3_000_000 if k >= 10 else 0)
+        gps = utc - datetime_to_ns(lf.GPS_EPOCH) + lf.LEAP_S * 10**9
+        sec, nsec = divmod(gps % (604800 * 10**9), 10**9)
+        stamps.append(FrameStamp(i, sec, nsec, 0))
+    plan = plan_frame_gaps(stamps, rate, t0, n, sample_count=total)
+    assert (plan.first_frame, plan.end_frame) == (10, 20)  # 9 * 512 + 700 > 10 * 512
+    assert plan.fills == {}

@@ -355,13 +355,55 @@ def test_location_rows_on_timescaledb(pg_engine: Any) -> None:
 
 
 def test_positions_given_on_the_command_line_win_over_gnss_pos(tmp_path: Path) -> None:
-    files = _lf_files(tmp_path, seconds=3.0)
-    series, problems = locate_flow.load_kiwi_wav(
-        [str(f) for f in files], str(tmp_path / "gnss_pos"), ["north=53.0,10.5"]
+    files = [str(f) for f in _lf_files(tmp_path, seconds=3.0)]
+    gnss = str(tmp_path / "gnss_pos")
+    _, reports = locate_flow.locate_kiwi_files(files, gnss, ["north=53.0,10.5"])
+    assert all(r.status in ("used", "unused") for r in reports), [r.reason for r in reports]
+    by = {r.station: r.series for r in reports}
+    assert (by["north"].latitude, by["north"].longitude) == (53.0, 10.5)  # type: ignore[union-attr]
+    assert (by["south"].latitude, by["south"].longitude) == pytest.approx(STATIONS["south"][:2])  # type: ignore[union-attr]
+    _, reports = locate_flow.locate_kiwi_files(files, None, ["north=53.0,10.5"])
+    failed = [r for r in reports if r.status == "failed"]
+    assert sorted(r.station for r in failed) == ["south", "west"]  # type: ignore[type-var]
+    assert all("no position for station" in (r.reason or "") for r in failed)
+    assert all((r.reason or "").startswith(Path(r.file).name + ": ") for r in failed)
+
+
+@pytest.mark.flow
+def test_lost_frames_of_a_stored_recording_are_not_correlated(
+    prefect_server: None, tmp_path: Path
+) -> None:
+    """kiwi-wav files with lost frames, ingested, then read back for ``locate
+    --acquisition``: the gap annotations of the stored SigMF become the receiver's gaps
+    again, so the zero-filled frames are left out of the correlation."""
+    import lf_scenario as lf
+
+    from flows.ingest import ingest
+
+    a, b, c = lf.STATIONS
+    stations = (replace(a, lost_frames=(80, 81)), b, replace(c, lost_frames=(150, 151, 152)))
+    truth = lf.write_scenario(tmp_path / "wav", stations=stations, duration_s=10.0)
+    state = asyncio.run(
+        ingest(
+            [str(f) for f in truth["files"]],  # type: ignore[attr-defined]
+            gnss_pos=str(tmp_path / "wav" / "gnss_pos"),
+            storage="local",
+            database="sqlite",
+            data_dir=str(tmp_path),
+            return_state=True,
+        )
     )
-    assert problems == []
-    by = {s.name: s for s in series}
-    assert (by["north"].latitude, by["north"].longitude) == (53.0, 10.5)
-    assert (by["south"].latitude, by["south"].longitude) == pytest.approx(STATIONS["south"][:2])
-    _, problems = locate_flow.load_kiwi_wav([str(f) for f in files], None, ["north=53.0,10.5"])
-    assert len(problems) == 2 and all("no position for station" in p for p in problems)
+    assert state.is_completed(), state.message
+    (acquisition_id,) = state.result()["acquisitions"]
+    series = asyncio.run(locate_flow.load_acquisition(acquisition_id, "local", "sqlite", tmp_path))
+    gaps = {s.name: s.gaps for s in series}
+    assert gaps == {
+        a.name: ((80 * lf.FRAME, 2 * lf.FRAME),),
+        b.name: (),
+        c.name: ((150 * lf.FRAME, 3 * lf.FRAME),),
+    }
+    outcome = locate_flow.locate_series(series)
+    assert any("segments fall on lost frames" in n for n in outcome.notes), outcome.notes
+    assert outcome.position is not None
+    p = outcome.position
+    assert horizontal_distance_m(*lf.TRANSMITTER, p.latitude, p.longitude) < 3_000.0
