@@ -44,6 +44,12 @@ from tasks.kiwisdr.network import simulated_network
 from tasks.tdoa import ReceiverSeries, estimate_tdoas
 
 FREQUENCY_HZ = 145_500_000.0
+# three more LF stations for ``--scenario lf6`` (passbands +-500 Hz to +-5 kHz)
+LF_EXTRA = (
+    ("DK0ZZ", 53.55, 10.00, 12001.07, 500.0, 0.20, 34.0),
+    ("OK1ZZ", 50.08, 14.43, 12001.09, 5000.0, 0.10, 34.0),
+    ("HB9ZZ", 46.95, 7.45, 12001.12, 3000.0, 0.30, 34.0),
+)
 NS = 1_000_000_000
 
 
@@ -113,7 +119,7 @@ def run(
     sites = [(r.latitude, r.longitude) for r in network.receivers.values()]
     names = list(network.receivers)
     base = Emitter(0, 0, 0, FREQUENCY_HZ, eirp_dbm=10.0, modulation=modulation)
-    errors, inside, tdoa_err, failures = [], [], [], 0
+    errors, inside, tdoa_err, z, failures = [], [], [], [], 0
     for k in range(trials):
         lat, lon = random_inside(rng, sites)
         emitter = replace(base, latitude=lat, longitude=lon, altitude_m=300.0, seed=k + 1)
@@ -131,6 +137,7 @@ def run(
             pb = np.linalg.norm(_ecef(emitter) - _ecef_site(by[p.b]))
             del da
             tdoa_err.append(p.tdoa_s - (pa - pb) / 299_792_458.0)  # type: ignore[operator]
+            z.append(tdoa_err[-1] / p.stderr_s)  # type: ignore[operator]
         errors.append(horizontal_distance_m(lat, lon, pos.latitude, pos.longitude))
         inside.append(inside_ellipse(pos, lat, lon))
     e = np.array(errors)
@@ -141,7 +148,70 @@ def run(
         "p95_m": float(np.percentile(e, 95)) if e.size else math.nan,
         "tdoa_rms_us": float(np.sqrt(np.mean(np.square(tdoa_err)))) * 1e6,
         "inside_95": float(np.mean(inside)) if inside else math.nan,
+        **pair_z_stats(z),
     }
+
+
+def pair_z_stats(z: list[float]) -> dict[str, float]:
+    """|error| / stated standard error over all pairs: for honest errors the median is
+    ~0.67, the 95th percentile ~2 and 5 % exceed 1.96."""
+    a = np.abs(np.asarray(z, dtype=float))
+    if not a.size:
+        return {"z_median": math.nan, "z_p95": math.nan, "z_over_1_96": math.nan}
+    return {
+        "z_median": float(np.median(a)),
+        "z_p95": float(np.percentile(a, 95)),
+        "z_over_1_96": float(np.mean(a > 1.96)),
+    }
+
+
+def run_lf(trials: int, seconds: float, seed: int, stations: str = "3") -> dict[str, float]:
+    """The LF scenario (tests/lf_scenario.py) through the kiwirecorder files, as a user
+    runs ``rfacq locate --kiwi-wav``: mixed passbands (+-500 Hz to +-5 kHz), the timestamp
+    defects of real KiwiSDRs, a transmitter at a random point inside the stations."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import lf_scenario as lf
+
+    from flows.locate import locate_kiwi_files
+
+    extra = tuple(lf.Station(*row, defects=("zero_first",)) for row in LF_EXTRA)
+    chosen = lf.STATIONS if stations == "3" else lf.STATIONS + extra
+    sites = [(st.latitude, st.longitude) for st in chosen]
+    rng = np.random.default_rng(seed)
+    errors, inside, z, failures = [], [], [], 0
+    by_pair: dict[str, list[float]] = {}
+    for k in range(trials):
+        lat, lon = random_inside(rng, sites)
+        with tempfile.TemporaryDirectory() as tmp:
+            truth = lf.write_scenario(
+                Path(tmp), stations=chosen, duration_s=seconds, seed=seed * 1000 + k,
+                transmitter=(lat, lon),
+            )  # fmt: skip
+            files = [str(f) for f in truth["files"]]  # type: ignore[union-attr]
+            outcome, _ = locate_kiwi_files(files, str(Path(tmp) / "gnss_pos"), None)
+        pos = outcome.position
+        if pos is None or outcome.tdoa is None:
+            failures += 1
+            continue
+        for p in outcome.tdoa.good_pairs:
+            zz = (p.tdoa_s - truth["tdoa_s"][f"{p.a}-{p.b}"]) / p.stderr_s  # type: ignore[index,operator]
+            z.append(zz)
+            by_pair.setdefault(f"{p.a}-{p.b}", []).append(zz)
+        errors.append(horizontal_distance_m(lat, lon, pos.latitude, pos.longitude))
+        inside.append(inside_ellipse(pos, lat, lon))
+    e = np.array(errors)
+    out = {
+        "trials": trials,
+        "failures": failures,
+        "median_m": float(np.median(e)) if e.size else math.nan,
+        "p95_m": float(np.percentile(e, 95)) if e.size else math.nan,
+        "inside_95": float(np.mean(inside)) if inside else math.nan,
+        **pair_z_stats(z),
+    }
+    out["by_pair"] = {k: pair_z_stats(v)["z_p95"] for k, v in by_pair.items()}  # type: ignore[assignment]
+    return out
 
 
 def _ecef(emitter: Emitter) -> np.ndarray:
@@ -162,22 +232,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 2.0])
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--modulation", default="rrc-bpsk", help="an Emitter modulation")
+    parser.add_argument(
+        "--scenario",
+        choices=["network", "lf3", "lf6"],
+        default="network",
+        help="the simulated seed network, or the LF scenario's kiwirecorder files with "
+        "3 or 6 stations of mixed passbands",
+    )
     args = parser.parse_args(argv)
     print(
-        "| capture | receivers | median m | 95th m | pair TDOA RMS us | in 95 % ellipse | failed |"
+        "| scenario | capture | receivers | median m | 95th m | pair |err|/sigma median, 95th,"
+        " > 1.96 | in 95 % ellipse | failed |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for seconds in args.seconds:
-        for drop_one in (False, True):
+        cases = [False, True] if args.scenario == "network" else [False]
+        for drop_one in cases:
             t = time.perf_counter()
-            r = run(args.trials, seconds, args.seed, drop_one, args.modulation)
+            if args.scenario == "network":
+                r = run(args.trials, seconds, args.seed, drop_one, args.modulation)
+                rx = "6 (one failing)" if drop_one else "7"
+            else:
+                r = run_lf(args.trials, seconds, args.seed, args.scenario[2:])
+                rx = args.scenario[2:]
             print(
-                f"| {seconds:g} s | {'6 (one failing)' if drop_one else '7'} | "
-                f"{r['median_m']:.0f} | {r['p95_m']:.0f} | {r['tdoa_rms_us']:.3f} | "
+                f"| {args.scenario} | {seconds:g} s | {rx} | "
+                f"{r['median_m']:.0f} | {r['p95_m']:.0f} | "
+                f"{r['z_median']:.2f}, {r['z_p95']:.2f}, {r['z_over_1_96'] * 100:.0f} % | "
                 f"{r['inside_95'] * 100:.0f} % | {r['failures']}/{r['trials']} |"
                 f"  <!-- {time.perf_counter() - t:.0f} s -->",
                 flush=True,
             )
+            if "by_pair" in r:
+                print("  <!-- pair |err|/sigma 95th:", r["by_pair"], "-->", flush=True)
 
 
 if __name__ == "__main__":

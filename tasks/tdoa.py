@@ -44,6 +44,12 @@ NO_SIGNAL = "no coherent signal (noise only or too weak)"
 # scatter-based standard error (not yet explained: a per-receiver component that stays
 # constant over a capture). Scaled so that the 95 % ellipses hold 95 %.
 STDERR_CALIBRATION = 1.25
+# The standard error comes from the segments' scatter, so the segment count is its degrees
+# of freedom: with 1 s segments a 10 s capture gave 9, and the stated error of a +-500 Hz
+# receiver's pairs swung 0.25..1.1 us from seed to seed over errors of ~0.8 us (|err|/sigma
+# up to 3.6). Quarter-second segments (up to 64) steady it; the total correlated is the same.
+SEGMENT_TARGET_S = 0.25
+MAX_SEGMENTS = 64
 # A correlation peak leaning more than this many standard errors is not noise: an echo.
 LEAN_SIGNIFICANT = 3.0
 
@@ -457,7 +463,7 @@ def estimate_tdoas(
     Args:
         receivers: at least two, each on its own fitted time axis.
         speed_m_s: propagation speed; bounds the physically possible lag (baseline/v).
-        segment_s: segment length (default: the window split into 8..32 segments).
+        segment_s: segment length (default: ~0.25 s, the window split into 8..64 segments).
         margin_s: added to baseline/v before a lag is called impossible (timing errors).
         notch_hz: half-width of the carrier notch (default: 2 segment-spectrum bins).
         min_window_s: a shorter common window is an error.
@@ -477,7 +483,7 @@ def estimate_tdoas(
         )
     fs_common = min(r.sample_rate_hz for r in receivers)
     if segment_s is None:
-        nseg = int(min(32, max(8, round(window_s))))
+        nseg = int(min(MAX_SEGMENTS, max(8, round(window_s / SEGMENT_TARGET_S))))
         segment_s = window_s / nseg
     nseg = max(1, int(window_s // segment_s))
     length = int(segment_s * fs_common) - 2  # margin for the per-receiver rounding

@@ -160,6 +160,7 @@ def synthesise(
     seed: int = 7,
     stations: tuple[Station, ...] = STATIONS,
     kind: str = "dcf",
+    transmitter: tuple[float, float] = TRANSMITTER,
 ) -> tuple[list[Recording], dict[str, float]]:
     """Every station's recording; returns them and the true TDOAs (s) of each pair."""
     rng = np.random.default_rng(seed)
@@ -169,7 +170,7 @@ def synthesise(
     recordings = []
     delays = {}
     for st in stations:
-        delay = distance_m(TRANSMITTER, (st.latitude, st.longitude)) / C
+        delay = distance_m(transmitter, (st.latitude, st.longitude)) / C
         delays[st.name] = delay
         t0_ns = start_gps_ns + round(st.start_offset_s * 1e9)
         n_frames = int((st.duration_s or duration_s) * st.true_rate_hz) // FRAME
@@ -280,6 +281,7 @@ def write_scenario(
     kind: str = "dcf",
     hz_names: bool = False,
     seed: int = 7,
+    transmitter: tuple[float, float] = TRANSMITTER,
 ) -> dict[str, object]:
     """Write every station's file and ``gnss_pos/``; return the truth.
 
@@ -291,7 +293,7 @@ def write_scenario(
     start_utc = start_utc or datetime(2025, 3, 14, 10, 20, 0, tzinfo=UTC)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gnss_pos").mkdir(exist_ok=True)
-    recordings, tdoa = synthesise(start_utc, duration_s, seed, stations, kind)
+    recordings, tdoa = synthesise(start_utc, duration_s, seed, stations, kind, transmitter)
     files = []
     for rec in recordings:
         st = rec.station
@@ -316,7 +318,7 @@ def write_scenario(
             position_text(st, spaces="loose_position" in st.defects)
         )
         files.append(folder / name)
-    return {"files": files, "transmitter": TRANSMITTER, "tdoa_s": tdoa}
+    return {"files": files, "transmitter": transmitter, "tdoa_s": tdoa}
 
 
 if __name__ == "__main__":
