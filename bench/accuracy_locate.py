@@ -44,6 +44,10 @@ from tasks.kiwisdr.network import simulated_network
 from tasks.tdoa import ReceiverSeries, estimate_tdoas
 
 FREQUENCY_HZ = 145_500_000.0
+# each LF receiver's GPS time is off by its own constant error of this size, as the
+# 100 ns floor of flows.locate assumes real KiwiSDRs are (the truth holds what the error
+# model claims, so the ellipse coverage tests the rest of it)
+LF_GPS_ERROR_SD_S = 100e-9
 # three more LF stations for ``--scenario lf6`` (passbands +-500 Hz to +-5 kHz)
 LF_EXTRA = (
     ("DK0ZZ", 53.55, 10.00, 12001.07, 500.0, 0.20, 34.0),
@@ -187,7 +191,7 @@ def run_lf(trials: int, seconds: float, seed: int, stations: str = "3") -> dict[
         with tempfile.TemporaryDirectory() as tmp:
             truth = lf.write_scenario(
                 Path(tmp), stations=chosen, duration_s=seconds, seed=seed * 1000 + k,
-                transmitter=(lat, lon),
+                transmitter=(lat, lon), gps_error_sd_s=LF_GPS_ERROR_SD_S,
             )  # fmt: skip
             files = [str(f) for f in truth["files"]]  # type: ignore[union-attr]
             outcome, _ = locate_kiwi_files(files, str(Path(tmp) / "gnss_pos"), None)
