@@ -8,14 +8,19 @@ its thermal noise, its own sample-clock error and a GPS t0 to the nanosecond. No
 is involved. Prints median / 95th-percentile horizontal error, the pair TDOA RMS error,
 the fraction of truths inside the 95 % ellipse, and the same with one receiver removed.
 
-Measured (20 trials, seed 7, 2 cores shared; README figures):
+``--scenario lf3|lf6``: the LF scenario's kiwirecorder files instead (tests/lf_scenario.py,
+mixed passbands, 100 ns GPS errors per receiver), read as ``rfacq locate --kiwi-wav`` does.
+Pair |err|/sigma (honest: median 0.67, 95th 1.96) says whether the stated errors hold.
 
-| capture | receivers | median m | 95th m | pair TDOA RMS us | in 95 % ellipse | failed |
-|---|---|---|---|---|---|---|
-| 10 s | 7 | 17 | 48 | 0.149 | 100 % | 0/20 |
-| 10 s | 6 (one failing) | 18 | 53 | 0.166 | 95 % | 0/20 |
-| 2 s | 7 | 40 | 81 | 0.286 | 100 % | 0/20 |
-| 2 s | 6 (one failing) | 50 | 228 | 0.357 | 95 % | 0/20 |
+Measured (seed 11, 2 cores shared; README figures):
+
+| scenario | capture | receivers | trials | median m | 95th m | |err|/sigma med, 95th | in ellipse |
+|---|---|---|---|---|---|---|---|
+| network | 10 s | 7 | 60 | 19 | 49 | 0.59, 1.91 | 95 % |
+| network | 2 s | 7 | 40 | 34 | 94 | 0.70, 2.53 | 98 % |
+| network | 2 s | 6 (one failing) | 40 | 46 | 334 | 0.71, 2.64 | 98 % |
+| lf3 | 15 s | 3 | 80 | 219 | 655 | 0.71, 1.95 | 96 % |
+| lf6 | 15 s | 6 | 50 | 47 | 133 | 0.62, 1.90 | 94 % |
 """
 
 from __future__ import annotations
