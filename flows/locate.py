@@ -341,18 +341,23 @@ def _read_kiwi_file(
         report.reason = unlocked
         return report
     sigma = (tm.residual_ns or 0.0) / max(tm.fixes, 1) ** 0.5 / NS_PER_S
+    # The first frame's stamp is never trusted (0/0 on real KiwiSDRs), so frames lost right
+    # after it cannot be seen: its samples would take the next stamp's time, late by the
+    # gap. Its samples are not correlated either (as the reference TDoA processing does).
+    untrusted = wav.stamps[0].empty or "first_frame_dropped" in tm.flags
+    skip = wav.stamps[1].sample_index if untrusted and len(wav.stamps) > 1 else 0
     report.series = ReceiverSeries(
         wav.station,
         pos.latitude,
         pos.longitude,
         0.0,
-        wav.samples,
-        tm.t0_ns,
+        wav.samples[skip:],
+        tm.t0_ns + round(skip * NS_PER_S / tm.sample_rate_hz),
         tm.sample_rate_hz,
         wav.frequency_hz,
         timing_sigma_s=max(sigma, timing_floor_s),
         flags=tm.flags,
-        gaps=tuple(wav.gaps),
+        gaps=tuple((max(int(a) - skip, 0), int(n)) for a, n in wav.gaps),
     )
     report.status, report.reason = "used", None
     return report

@@ -39,11 +39,18 @@ from tasks.geodesy import SPEED_OF_LIGHT, ecef
 NS_PER_S = 1_000_000_000
 CARRIER_ONLY = "unmodulated carrier: no time-difference information"
 NO_SIGNAL = "no coherent signal (noise only or too weak)"
-# The segments' scatter understates the error of their mean: over 210 simulated seed-
-# network pairs (bench/accuracy_locate.py, 10 s, RRC BPSK) the errors were 1.27 x the
-# scatter-based standard error (not yet explained: a per-receiver component that stays
-# constant over a capture). Scaled so that the 95 % ellipses hold 95 %.
-STDERR_CALIBRATION = 1.25
+# The segments' scatter understates the error of their mean a little (a t-like tail from
+# estimating it, heavy-tailed segment lags). With 1 s segments the errors were 1.27 x the
+# scatter-based standard error (210 seed-network pairs); with quarter-second segments the
+# stated errors, scaled by 1.25, were 1.15 x too large (bench/accuracy_locate.py: median
+# |err|/sigma 0.58, 95th 1.70 over 630 pairs, honest is 0.67 and 1.96): 1.1 now.
+STDERR_CALIBRATION = 1.1
+# The standard error comes from the segments' scatter, so the segment count is its degrees
+# of freedom: with 1 s segments a 10 s capture gave 9, and the stated error of a +-500 Hz
+# receiver's pairs swung 0.25..1.1 us from seed to seed over errors of ~0.8 us (|err|/sigma
+# up to 3.6). Quarter-second segments (up to 64) steady it; the total correlated is the same.
+SEGMENT_TARGET_S = 0.25
+MAX_SEGMENTS = 64
 # A correlation peak leaning more than this many standard errors is not noise: an echo.
 LEAN_SIGNIFICANT = 3.0
 
@@ -457,7 +464,7 @@ def estimate_tdoas(
     Args:
         receivers: at least two, each on its own fitted time axis.
         speed_m_s: propagation speed; bounds the physically possible lag (baseline/v).
-        segment_s: segment length (default: the window split into 8..32 segments).
+        segment_s: segment length (default: ~0.25 s, the window split into 8..64 segments).
         margin_s: added to baseline/v before a lag is called impossible (timing errors).
         notch_hz: half-width of the carrier notch (default: 2 segment-spectrum bins).
         min_window_s: a shorter common window is an error.
@@ -477,7 +484,7 @@ def estimate_tdoas(
         )
     fs_common = min(r.sample_rate_hz for r in receivers)
     if segment_s is None:
-        nseg = int(min(32, max(8, round(window_s))))
+        nseg = int(min(MAX_SEGMENTS, max(8, round(window_s / SEGMENT_TARGET_S))))
         segment_s = window_s / nseg
     nseg = max(1, int(window_s // segment_s))
     length = int(segment_s * fs_common) - 2  # margin for the per-receiver rounding

@@ -160,16 +160,25 @@ def synthesise(
     seed: int = 7,
     stations: tuple[Station, ...] = STATIONS,
     kind: str = "dcf",
+    transmitter: tuple[float, float] = TRANSMITTER,
+    gps_error_sd_s: float = 0.0,
 ) -> tuple[list[Recording], dict[str, float]]:
-    """Every station's recording; returns them and the true TDOAs (s) of each pair."""
+    """Every station's recording; returns them and the true TDOAs (s) of each pair.
+
+    ``gps_error_sd_s``: each receiver's GPS stamps are off by its own constant error of
+    this standard deviation (a real KiwiSDR's time of a sample is good to ~100 ns: antenna
+    and receiver delays, the GPS fix), drawn apart from the rest so the signals stay the
+    same for a seed.
+    """
     rng = np.random.default_rng(seed)
+    gps_errors = np.random.default_rng([seed, 1]).normal(0.0, gps_error_sd_s, len(stations))
     longest = max([duration_s] + [st.duration_s or 0 for st in stations])
     table = chips(int(longest + max(st.start_offset_s for st in stations)) + 3)
     start_gps_ns = int((start_utc - GPS_EPOCH).total_seconds()) * 10**9 + LEAP_S * 10**9
     recordings = []
     delays = {}
-    for st in stations:
-        delay = distance_m(TRANSMITTER, (st.latitude, st.longitude)) / C
+    for st, gps_error in zip(stations, gps_errors, strict=True):
+        delay = distance_m(transmitter, (st.latitude, st.longitude)) / C
         delays[st.name] = delay
         t0_ns = start_gps_ns + round(st.start_offset_s * 1e9)
         n_frames = int((st.duration_s or duration_s) * st.true_rate_hz) // FRAME
@@ -190,7 +199,7 @@ def synthesise(
         rec = Recording(st, x.astype(np.complex64), t0_ns)
         lgs = 3
         for k in range(n_frames):
-            t_ns = t0_ns + round(k * FRAME * 1e9 / st.true_rate_hz)
+            t_ns = t0_ns + round(k * FRAME * 1e9 / st.true_rate_hz + gps_error * 1e9)
             lgs = 0 if (k % 23) == 0 else lgs + 1  # a fresh fix about once a second
             sec, nsec = divmod(t_ns % (604800 * 10**9), 10**9)
             stamp = (min(lgs, 252), sec, nsec)
@@ -280,6 +289,8 @@ def write_scenario(
     kind: str = "dcf",
     hz_names: bool = False,
     seed: int = 7,
+    transmitter: tuple[float, float] = TRANSMITTER,
+    gps_error_sd_s: float = 0.0,
 ) -> dict[str, object]:
     """Write every station's file and ``gnss_pos/``; return the truth.
 
@@ -291,7 +302,9 @@ def write_scenario(
     start_utc = start_utc or datetime(2025, 3, 14, 10, 20, 0, tzinfo=UTC)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gnss_pos").mkdir(exist_ok=True)
-    recordings, tdoa = synthesise(start_utc, duration_s, seed, stations, kind)
+    recordings, tdoa = synthesise(
+        start_utc, duration_s, seed, stations, kind, transmitter, gps_error_sd_s
+    )
     files = []
     for rec in recordings:
         st = rec.station
@@ -316,7 +329,7 @@ def write_scenario(
             position_text(st, spaces="loose_position" in st.defects)
         )
         files.append(folder / name)
-    return {"files": files, "transmitter": TRANSMITTER, "tdoa_s": tdoa}
+    return {"files": files, "transmitter": transmitter, "tdoa_s": tdoa}
 
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ def test_a_wide_mode_20250_hz_receiver_with_12001_hz_ones(tmp_path: Path) -> Non
     wide = replace(B, true_rate_hz=20250.13, passband_hz=5000.0, lost_frames=(300, 301))
     outcome, reports, truth = _run(tmp_path, (A, wide, C))
     assert reports["F5XYZ"].timing["gaps"] == [[300 * lf.FRAME, 2 * lf.FRAME]]  # type: ignore[index]
-    assert any("F5XYZ: 1 of" in n for n in outcome.tdoa.notes)  # type: ignore[union-attr]
+    # the 2 lost frames (51 ms) fall on one or two of the quarter-second segments
+    assert any(n.startswith(("F5XYZ: 1 of", "F5XYZ: 2 of")) for n in outcome.tdoa.notes)  # type: ignore[union-attr]
     assert reports["F5XYZ"].timing["nominal_rate_hz"] == 20250  # type: ignore[index]
     assert outcome.position is not None and len(outcome.position.receivers_used) == 3
     for p in outcome.tdoa.good_pairs:  # type: ignore[union-attr]

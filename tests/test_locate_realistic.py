@@ -84,3 +84,36 @@ def test_the_error_ellipse_is_honest(located: dict) -> None:
     error = _great_circle_m((loc["latitude"], loc["longitude"]), lf_scenario.TRANSMITTER)
     assert 0 < loc["ellipse_minor_m"] <= loc["ellipse_major_m"] < 50_000
     assert error < 3 * loc["ellipse_major_m"], (error, loc)
+
+
+def test_frames_lost_right_after_the_unstamped_first_frame_do_not_mistime_it(
+    tmp_path: Path,
+) -> None:
+    """The first frame's 0/0 stamp cannot show frames lost after it: its samples would be
+    timed by the next stamp, late by the gap (85 ms here). They are left out, and every
+    sample that is correlated is timed by a real stamp."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from flows.locate import locate_kiwi_files
+
+    a, b, c = lf_scenario.STATIONS
+    late = replace(c, lost_frames=(1, 2))  # the last to start: its first frame opens the window
+    truth = lf_scenario.write_scenario(tmp_path, stations=(a, b, late), duration_s=8.0, seed=3)
+    outcome, reports = locate_kiwi_files(
+        [str(f) for f in truth["files"]],  # type: ignore[union-attr]
+        str(tmp_path / "gnss_pos"),
+        None,
+    )
+    series = {r.station: r.series for r in reports}
+    start_ns = round(datetime(2025, 3, 14, 10, 20, tzinfo=UTC).timestamp()) * 10**9
+    # the first sample correlated is that of the file's second frame: true frame 3
+    first_ns = start_ns + round(
+        (late.start_offset_s + 3 * lf_scenario.FRAME / late.true_rate_hz) * 1e9
+    )
+    assert series["OE3KLU"] is not None
+    assert abs(series["OE3KLU"].t0_ns - first_ns) < 1_000, series["OE3KLU"].t0_ns - first_ns
+    assert outcome.tdoa is not None and len(outcome.tdoa.good_pairs) == 3
+    for p in outcome.tdoa.good_pairs:
+        true = truth["tdoa_s"][f"{p.a}-{p.b}"]  # type: ignore[index]
+        assert abs(p.tdoa_s - true) < 4 * p.stderr_s, (p, true)  # type: ignore[operator]

@@ -89,7 +89,7 @@ def test_mixed_passbands_use_the_common_band() -> None:
     (pair,) = result.pairs
     assert pair.ok, pair.reason
     assert pair.band_hz[0] >= -501.0 and pair.band_hz[1] <= 501.0
-    assert pair.stderr_s < 0.5e-6
+    assert pair.stderr_s < 0.7e-6  # ~0.5 us over 20 s seeds (64 segments)
     assert pair.tdoa_s == pytest.approx(1.5e-4, abs=4 * pair.stderr_s)
     assert result.carriers["a"].power_order == 1  # AM has a carrier line
 
