@@ -51,6 +51,8 @@ STDERR_CALIBRATION = 1.1
 # up to 3.6). Quarter-second segments (up to 64) steady it; the total correlated is the same.
 SEGMENT_TARGET_S = 0.25
 MAX_SEGMENTS = 64
+# samples mixed to baseband per step (a bounded complex128 temporary: 16 MB)
+MIX_CHUNK = 1 << 20
 # A correlation peak leaning more than this many standard errors is not noise: an echo.
 LEAN_SIGNIFICANT = 3.0
 
@@ -342,16 +344,21 @@ def _segment_spectra(
     return out
 
 
-def _clean_segments(r: ReceiverSeries, centres_ns: Sequence[int], length: int) -> np.ndarray:
-    """Which segments hold no sample of the receiver's gaps (lost frames)."""
+def _clean_segments(
+    r: ReceiverSeries, centres_ns: Sequence[int], length: int, max_lag_s: float
+) -> np.ndarray:
+    """Which segments hold no sample of the receiver's gaps (lost frames).
+
+    A pair moves b's segments by up to the largest possible lag (baseline / v plus the
+    timing margin: 13 ms over 4000 km), so the margin around each segment covers that,
+    plus 5 % of a segment for the refinement passes."""
     ok = np.ones(len(centres_ns), dtype=bool)
     if not r.gaps:
         return ok
     fs = r.sample_rate_hz
+    margin = length // 20 + math.ceil(max_lag_s * fs)
     for s, tc in enumerate(centres_ns):
         a = round((tc - r.t0_ns) * fs / NS_PER_S) - length // 2
-        # a lag of up to a few ms moves b's segments: keep a margin of 5 % of a segment
-        margin = length // 20
         ok[s] = all(a + length + margin <= g0 or g0 + n <= a - margin for g0, n in r.gaps)
     return ok
 
@@ -443,9 +450,12 @@ def to_common_rate(receivers: Sequence[ReceiverSeries]) -> list[ReceiverSeries]:
         if abs(float(ratio) - 1.0) < 5e-3:
             out.append(r)
             continue
-        y = ssignal.resample_poly(r.samples, ratio.numerator, ratio.denominator)
-        # the resampling filter smears a gap's edges over a few tens of samples
-        gaps = tuple((max(int(a * ratio) - 32, 0), int(n * ratio) + 64) for a, n in r.gaps)
+        up, down = ratio.numerator, ratio.denominator
+        y = ssignal.resample_poly(r.samples, up, down)
+        # resample_poly's filter spans 10 * max(up, down) input-rate taps each side: a gap's
+        # edges smear over that many output samples
+        pad = math.ceil(10 * max(up, down) / down) + 2
+        gaps = tuple((max(int(a * ratio) - pad, 0), int(n * ratio) + 2 * pad) for a, n in r.gaps)
         out.append(replace(r, samples=y, sample_rate_hz=r.sample_rate_hz * float(ratio), gaps=gaps))
     return out
 
@@ -485,8 +495,9 @@ def estimate_tdoas(
     fs_common = min(r.sample_rate_hz for r in receivers)
     if segment_s is None:
         nseg = int(min(MAX_SEGMENTS, max(8, round(window_s / SEGMENT_TARGET_S))))
-        segment_s = window_s / nseg
-    nseg = max(1, int(window_s // segment_s))
+        segment_s = window_s / nseg  # (window_s // segment_s could round to nseg - 1)
+    else:
+        nseg = max(1, int(window_s // segment_s))
     length = int(segment_s * fs_common) - 2  # margin for the per-receiver rounding
     if length < 64:
         raise TdoaError(f"segments of {length} samples are too short; use a longer window")
@@ -506,11 +517,14 @@ def estimate_tdoas(
         x = r.samples
         if car.frequency_hz is not None:
             # complex64 is exact enough for samples from 16-bit receivers and halves the
-            # memory of long recordings
-            phase = np.arange(x.size, dtype=np.float64)
-            phase *= -2.0 * np.pi * car.frequency_hz / fs
-            x = x.astype(np.complex64) * np.exp(1j * phase).astype(np.complex64)
-            del phase
+            # memory of long recordings; the phase (float64, exact at any length) is made a
+            # chunk at a time so no full-length complex128 temporary exists
+            step = -2.0 * np.pi * car.frequency_hz / fs
+            x = np.empty(r.samples.size, dtype=np.complex64)
+            for i in range(0, x.size, MIX_CHUNK):
+                j = min(i + MIX_CHUNK, x.size)
+                turn = np.exp(1j * (np.arange(i, j, dtype=np.float64) * step))
+                np.multiply(r.samples[i:j], turn.astype(np.complex64), out=x[i:j])
         mixed[r.name] = x
     full_freqs = sfft.fftfreq(nfft, 1.0 / fs_common)
     # every pair correlates inside both receivers' bands: the union of the bands is all
@@ -533,7 +547,11 @@ def estimate_tdoas(
         )
         for r in receivers
     }
-    clean = {r.name: _clean_segments(r, centres, length) for r in receivers}
+    max_lag_s = margin_s + max(
+        float(np.linalg.norm(ecef(*ra.position) - ecef(*rb.position))) / speed_m_s
+        for ra, rb in combinations(receivers, 2)
+    )
+    clean = {r.name: _clean_segments(r, centres, length, max_lag_s) for r in receivers}
     for r in receivers:
         if r.gaps:
             result.notes.append(
@@ -678,9 +696,10 @@ def _pair(
     # signal: correlating windows offset by the lag biases the peak towards zero lag.
     shift_ns = round(float(lags[k_in]) * NS_PER_S)
     for _ in range(2):  # the second pass removes the residual window offset
-        cross = sa[:, mask] * np.conj(shifted_b(-shift_ns)[:, mask])
+        used_ns = shift_ns  # the shift this pass's cross-spectra were built with
+        cross = sa[:, mask] * np.conj(shifted_b(-used_ns)[:, mask])
         seg_tau = np.array([_refine(cross[s], omega, 0.0, step) for s in range(nseg)])
-        seg_tau += shift_ns / NS_PER_S
+        seg_tau += used_ns / NS_PER_S
         shift_ns = round(float(np.median(seg_tau)) * NS_PER_S)
     peak = np.array([abs(_corr_at(cross[s], omega, seg_tau[s])[0]) for s in range(nseg)])
     med_tau = float(np.median(seg_tau))
@@ -707,7 +726,7 @@ def _pair(
             band,
         )
     quality = float(n / nseg * min(1.0, float(np.mean(peak[keep] / energy[keep])) * 4))
-    lean = _peak_asymmetry(cross[keep], omega, tau - shift_ns / NS_PER_S, high - low)
+    lean = _peak_asymmetry(cross[keep], omega, tau - used_ns / NS_PER_S, high - low)
     multipath = abs(lean) > LEAN_SIGNIFICANT * stderr
     if multipath:
         # an echo the band cannot resolve has pulled the peak by an unknown part of the
