@@ -112,6 +112,11 @@ _FLOOR_ITERATIONS = 4
 # carrier needs this many bins of room on both sides to be folded about.
 _MIRROR_BALANCE = 0.25
 _MIRROR_MIN_BINS = 16
+# False-alarm probability (all runs of all scales together) of the cheap look for
+# sidebands that decides whether the noise floor is estimated again around them: loose
+# at the wide scales (the floor of a capture not yet cleared of them is high), as a false
+# alarm only costs that second estimate.
+_SIDEBAND_GATE_P = 0.05
 # Bins per block of the floor's first guess (see _low_quantile_floor).
 _FLOOR_BLOCK = 64
 # The noise floor is the mean of the quiet bins between these quantiles, divided by that
@@ -757,6 +762,27 @@ def _mirrored(
     return region, guarded
 
 
+def _mask_p(m: int) -> dict[int, float]:
+    """Scales (bins per run) and per-run probability of the floor's signal mask."""
+    return dict.fromkeys(
+        [w for w in _DETECTION_SCALES + _MASK_ONLY_SCALES if w <= max(1, m // 4)], _MASK_P
+    )
+
+
+def _has_sidebands(
+    d: np.ndarray, model: _SpectralModel, nu: float, centre: int, pool: np.ndarray
+) -> bool:
+    """Whether the PSD folded about the carrier in bin ``centre`` shows sidebands the
+    model has not already counted as signal (then the model is redone around them; a
+    plain carrier, the common case, is not measured twice)."""
+    quiet = int(np.count_nonzero(pool & ~model.signal))
+    k = min(centre, d.size - 1 - centre)  # folded bins
+    scales = [w for w in _mask_p(d.size) if w <= max(1, k // 2)]
+    gate = {w: _SIDEBAND_GATE_P / (len(scales) * max(1.0, 2.0 * k / w)) for w in scales}
+    region, _ = _mirrored(d, model.floor, nu, _run_dof(nu, max(quiet, 1)), gate, centre, pool)
+    return int(np.count_nonzero(region & ~model.signal)) > _MIRROR_MIN_BINS
+
+
 def _spectral_model(
     d: np.ndarray, passband: np.ndarray, dc: np.ndarray, nu: float, centre: int | None = None
 ) -> _SpectralModel:
@@ -773,9 +799,7 @@ def _spectral_model(
     pool = passband & ~dc
     count = int(np.count_nonzero(pool))
     scales = [w for w in _DETECTION_SCALES if w <= max(1, m // 4)]
-    mask_p = dict.fromkeys(
-        [w for w in _DETECTION_SCALES + _MASK_ONLY_SCALES if w <= max(1, m // 4)], _MASK_P
-    )
+    mask_p = _mask_p(m)
     # Bonferroni over scales and runs; overlapping runs of w bins count as 2m/w tests.
     det_p = {
         w: DETECTION_PFA / (len(scales) * max(1.0, m / w * (1 if w == 1 else 2))) for w in scales
@@ -957,7 +981,9 @@ def _analyse(
     near[max(peak - _LINE_BINS - 1, 0) : peak + _LINE_BINS + 2] = False
     local = float(np.median(d_band[near] - floor)) if near.any() else 0.0
     line = d_band[peak] > (floor + max(local, 0.0)) * model.line_threshold
-    if line:  # sidebands mirror each other about a carrier: found on the folded PSD
+    pool = passband & ~dc_bins
+    if line and _has_sidebands(d_band, model, nu, peak, pool):
+        # sidebands mirror each other about a carrier: found on the folded PSD
         model = _spectral_model(d_band, passband, dc_bins, nu, centre=peak)
         floor = model.floor
     excess = (d_band - floor)[model.signal]
