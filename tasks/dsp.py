@@ -22,7 +22,9 @@ What a measurement claims, and why:
   detected signal's band, whose edges are placed where the PSD, smoothed at the signal's
   own scale, fades into the noise, grown by a roll-off allowance (and which may reach a
   few bins past the passband edge, so a carrier at the edge keeps its window lobe);
-  ``occupied_bandwidth_hz`` holds 99 % of it.
+  ``occupied_bandwidth_hz`` holds 99 % of it. Around a carrier the PSD is also folded
+  about it: an AM's sidebands mirror each other, and averaged they are found as one band
+  where each half alone shows only pieces.
 * **Carrier offset only where a carrier is**: a spectral line is found in the PSD, placed
   by a zoomed FFT of block sums and refined by maximum likelihood; it is a ``carrier``
   when the tone fitted there holds 95 % of the signal power, else ``am``. A suppressed
