@@ -777,12 +777,20 @@ def _has_sidebands(
     """Whether the PSD folded about the carrier in bin ``centre`` shows sidebands the
     model has not already counted as signal (then the model is redone around them; a
     plain carrier, the common case, is not measured twice)."""
-    quiet = int(np.count_nonzero(pool & ~model.signal))
     k = min(centre, d.size - 1 - centre)  # folded bins
+    if k < _MIRROR_MIN_BINS:
+        return False
+    quiet = int(np.count_nonzero(pool & ~model.signal))
     scales = [w for w in _mask_p(d.size) if w <= max(1, k // 2)]
     gate = {w: _SIDEBAND_GATE_P / (len(scales) * max(1.0, 2.0 * k / w)) for w in scales}
-    region, _ = _mirrored(d, model.floor, nu, _run_dof(nu, max(quiet, 1)), gate, centre, pool)
-    return int(np.count_nonzero(region & ~model.signal)) > _MIRROR_MIN_BINS
+    delta = np.arange(1, k + 1)
+    up, down = centre + delta, centre - delta
+    folded = 0.5 * (d[up] + d[down])
+    folded[~(pool[up] & pool[down])] = model.floor
+    # the runs that fire, not yet placed by _edges nor checked for balance: only a gate
+    marks, _ = _flagged(folded, model.floor, 2.0 * nu, _run_dof(nu, max(quiet, 1)), gate)
+    new = marks & ~(model.signal[up] & model.signal[down])
+    return int(np.count_nonzero(new)) > _MIRROR_MIN_BINS
 
 
 def _spectral_model(
