@@ -274,6 +274,13 @@ def main() -> None:
         help="LOW,HIGH fraction of the passband a modulated signal occupies (0.6,0.6: all "
         "at 60 %%)",
     )
+    parser.add_argument(
+        "--noise-trials",
+        type=int,
+        default=None,
+        help="noise-only captures for the false-detection line (default max(trials, 1000); 0: "
+        "none)",
+    )
     args = parser.parse_args()
     low, high = (float(v) for v in args.occupancy.split(","))
     if not 0.0 < low <= high <= 0.9:
@@ -293,8 +300,10 @@ def main() -> None:
     for kind in args.signals.split(","):
         for level in (float(v) for v in args.levels.split(",")):
             print(row(kind, level, args.trials, args.seconds), flush=True)
-    print()
-    print(noise_only(max(args.trials, 1000), args.seconds), flush=True)
+    noise_trials = max(args.trials, 1000) if args.noise_trials is None else args.noise_trials
+    if noise_trials > 0:
+        print()
+        print(noise_only(noise_trials, args.seconds), flush=True)
 
 
 if __name__ == "__main__":
