@@ -26,7 +26,9 @@ What a measurement claims, and why:
   about it: an AM's sidebands mirror each other, and averaged they are found as one band
   where each half alone shows only pieces.
 * **Carrier offset only where a carrier is**: a spectral line is found in the PSD, placed
-  by a zoomed FFT of block sums and refined by maximum likelihood; it is a ``carrier``
+  by a zoomed FFT of block sums and refined by maximum likelihood, and kept only when the
+  tone fitted there explains its PSD lobe (a narrow PSK's main lobe, a few bins wide,
+  stands above its shoulders like a line but holds no tone); it is a ``carrier``
   when the tone fitted there holds 95 % of the signal power, else ``am``. A suppressed
   carrier is recovered from the line of x^2 (``bpsk``) or x^4 (``qpsk``); otherwise the
   offset is None (``unknown``).
@@ -157,8 +159,16 @@ _DC_FIT_ITERATIONS = 8
 # the PSD's bins around it, which also hold slow keying's sidebands.
 _CARRIER_FRACTION = 0.95
 _LINE_BINS = 3
-# Bins each side of a squared signal's strongest bin its line is compared with.
-_LINE_LOCAL = 256
+# A PSD peak is a line only when the tone fitted at its refined frequency holds at least
+# this fraction of the excess power in its +-_LINE_BINS bins (a Hann lobe holds a tone's
+# all). A narrow PSK's main lobe (100-200 Hz: a few bins) stands as far above its
+# shoulders as a line, but no tone explains it: its 1/T bin holds ~nperseg/(7 N) of the
+# lobe's power, so it goes to the x^2 / x^4 recovery instead of reading as a carrier.
+_LINE_TONE_FRACTION = 0.5
+# Bins each side of a squared signal's strongest bin its line is compared with: few, as
+# the squared spectrum of a narrow PSK peaks at the line (a wider median undervalues the
+# level there, and a 100 Hz QPSK's x^2 then shows a false BPSK line).
+_LINE_LOCAL = 128
 # Clipping: a component at the largest magnitude in the capture is clipped when at least
 # this many samples share that magnitude (one peak sample is just the peak).
 _MIN_CLIPPED_SAMPLES = 3
@@ -957,10 +967,18 @@ class _Analysis:
     line_hz: float | None  # the spectral line's PSD bin, when there is one
     df: float
     line_local: float = 0.0  # FS^2/Hz: the signal's density around the line, floor included
+    line_cfo: float | None = None  # the line's frequency refined to a fraction of 1/T
 
 
 def _analyse(
-    xs: np.ndarray, fs: float, nperseg: int, keep: np.ndarray, gaps: bool, lo: float, hi: float
+    xs: np.ndarray,
+    fs: float,
+    nperseg: int,
+    keep: np.ndarray,
+    gaps: bool,
+    lo: float,
+    hi: float,
+    received: int,
 ) -> _Analysis:
     """Welch PSD, noise floor, detection, signal power and band, and the spectral line."""
     freqs, density = _welch(xs, fs, nperseg, keep if gaps else None)
@@ -991,6 +1009,12 @@ def _analyse(
     near[max(peak - _LINE_BINS - 1, 0) : peak + _LINE_BINS + 2] = False
     local = float(np.median(d_band[near] - floor)) if near.any() else 0.0
     line = d_band[peak] > (floor + max(local, 0.0)) * model.line_threshold
+    line_cfo: float | None = None
+    if line:
+        line_cfo = _refine_offset(xs, fs, _zoom_offset(xs, fs, float(f_band[peak]), 2.0 * df))
+        lobe = d_band[max(peak - _LINE_BINS, 0) : peak + _LINE_BINS + 1] - floor
+        tone = _tone_power(xs, fs, line_cfo, received, floor)
+        line = tone >= _LINE_TONE_FRACTION * float(lobe.sum()) * df
     pool = passband & ~dc_bins
     if line and _has_sidebands(d_band, model, nu, peak, pool):
         # sidebands mirror each other about a carrier: found on the folded PSD
@@ -1008,7 +1032,15 @@ def _analyse(
     if not line:
         return _Analysis(spectrum, model, signal, f_lo, f_hi, None, df)
     return _Analysis(
-        spectrum, model, signal, f_lo, f_hi, float(f_band[peak]), df, floor + max(local, 0.0)
+        spectrum,
+        model,
+        signal,
+        f_lo,
+        f_hi,
+        float(f_band[peak]),
+        df,
+        floor + max(local, 0.0),
+        line_cfo,
     )
 
 
@@ -1108,7 +1140,7 @@ def measure(
     total = float(np.vdot(x, x).real) / received
     dc: complex | None = complex(x.sum(dtype=np.complex128)) / received
     xs = _dc_free(x, lost, dc)
-    a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi)
+    a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi, received)
     snr_bandwidth = hi - lo
     common = {
         "sample_count": n,
@@ -1143,10 +1175,10 @@ def measure(
         f0 = _zoom_offset(x, fs, 0.0, 2.0 * a.df)
         cfo, dc = _carrier_and_dc(x, lost, fs, _refine_offset(x, fs, f0))
         xs = _dc_free(x, lost, 0.0 if dc is None else dc)
-        a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi)
+        a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi, received)
         modulation = _line_class(xs, fs, cfo, received, a)
     elif a.line_hz is not None:
-        cfo = _refine_offset(xs, fs, _zoom_offset(xs, fs, a.line_hz, 2.0 * a.df))
+        cfo = a.line_hz if a.line_cfo is None else a.line_cfo
         if abs(a.line_hz) <= (_DC_BINS + 2.5) * a.df:  # the line and the DC overlap
             joint, dc = _carrier_and_dc(x, lost, fs, cfo)
             # A DC no larger than what the signal's own spectrum around the line puts
@@ -1157,7 +1189,7 @@ def measure(
             else:
                 cfo = _refine_offset(x, fs, cfo)
             xs = _dc_free(x, lost, 0.0 if dc is None else dc)
-            a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi)
+            a = _analyse(xs, fs, nperseg, keep, lost is not None, lo, hi, received)
         modulation = _line_class(xs, fs, cfo, received, a)
     elif a.signal > 0.0:
         guard = _EDGE_GUARD_BINS * a.df

@@ -780,3 +780,51 @@ def test_a_signal_beside_a_carrier_is_not_mirrored_as_a_sideband() -> None:
             assert region[centre + 300 : centre + 600].mean() > 0.9
             assert region[centre - 600 : centre - 300].mean() > 0.9
             assert region.sum() < 2 * 300 * 1.3 and guarded[region].all()
+
+
+def rrc_psk(
+    rng: np.random.Generator, n: int, *, order: int, symbol_rate: float, centre_hz: float
+) -> np.ndarray:
+    """Unit-power root-raised-cosine (roll-off 0.35) PSK built in the time domain: random
+    symbols at ``symbol_rate`` (a non-integer number of samples per symbol) convolved
+    with a truncated RRC pulse, mixed to ``centre_hz``."""
+    beta = 0.35
+    sps = FS / symbol_rate
+    count = int(n / sps) + 1
+    phases = rng.integers(0, order, count) * (2 * math.pi / order) + (math.pi / 4) * (order == 4)
+    impulses = np.zeros(n, complex)
+    idx = np.round(np.arange(count) * sps).astype(int)
+    impulses[idx[idx < n]] = np.exp(1j * phases[idx < n])
+    t = np.arange(-8 * round(sps), 8 * round(sps) + 1) / sps  # in symbols
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = (np.sin(np.pi * t * (1 - beta)) + 4 * beta * t * np.cos(np.pi * t * (1 + beta))) / (
+            np.pi * t * (1 - (4 * beta * t) ** 2)
+        )
+    h[t == 0] = 1 - beta + 4 * beta / np.pi
+    singular = np.isclose(np.abs(t), 1 / (4 * beta))
+    h[singular] = (beta / math.sqrt(2)) * (
+        (1 + 2 / np.pi) * math.sin(np.pi / (4 * beta))
+        + (1 - 2 / np.pi) * math.cos(np.pi / (4 * beta))
+    )
+    s = np.convolve(impulses, h, mode="same") * np.exp(2j * math.pi * centre_hz / FS * np.arange(n))
+    return s / math.sqrt(np.mean(np.abs(s) ** 2))
+
+
+@pytest.mark.parametrize("symbol_rate", [100.0, 200.0])
+@pytest.mark.parametrize(("order", "name"), [(2, "bpsk"), (4, "qpsk")])
+def test_narrow_psk_is_not_taken_for_a_carrier(order: int, name: str, symbol_rate: float) -> None:
+    """A 100-200 Hz PSK's main lobe spans a few PSD bins and stands far above the noise
+    like a line; no tone explains it, so it is no carrier (issue 12): the offset is the
+    suppressed carrier's (x^2 / x^4) or None, never the lobe's peak bin."""
+    centre = 1234.5
+    for seed in range(3):
+        rng = np.random.default_rng(1200 + 10 * order + seed + int(symbol_rate))
+        s = rrc_psk(rng, round(2 * FS), order=order, symbol_rate=symbol_rate, centre_hz=centre)
+        m = measure(at_cn0(rng, s, 60.0), FS)
+        assert m.detected
+        assert m.modulation not in ("carrier", "am"), (m.modulation, m.frequency_offset_hz)
+        assert m.frequency_offset_hz is None or abs(m.frequency_offset_hz - centre) < 1.0
+        if order == 2:  # the x^2 line of BPSK at 60 dB-Hz is strong: it must be recovered
+            assert m.modulation == "bpsk"
+            assert abs(m.frequency_offset_hz - centre) < 1.0
+        assert abs(m.cn0_dbhz - 60.0) < 0.5
