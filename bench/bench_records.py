@@ -113,13 +113,12 @@ def scratch_database(admin: Engine) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global ROWS, ROUNDS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=ROWS, help="rows per round (%(default)s)")
     p.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds (%(default)s)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the result rows here")
     args = p.parse_args(argv)
-    ROWS, ROUNDS = args.rows, args.rounds
+    rows_per_round, rounds = args.rows, args.rounds
     missing = [k for k in PG_ENV if not os.environ.get(k)]
     if missing:
         print(f"bench_records: skipped, {', '.join(missing)} not set")
@@ -143,31 +142,34 @@ def main(argv: list[str] | None = None) -> int:
                     "INCLUDING CONSTRAINTS INCLUDING INDEXES)"
                 )
             )
-        warm = make_rows(ROWS)
+        warm = make_rows(rows_per_round)
         upsert_measurements(engine, warm)  # warm caches, pool, the staging path
-        copy_rows(engine, make_rows(ROWS))
+        copy_rows(engine, make_rows(rows_per_round))
         written.append(warm[0]["acquisition_id"])
         t_record, t_copy = [], []
-        for _ in range(ROUNDS):
-            rows = make_rows(ROWS)
+        for _ in range(rounds):
+            rows = make_rows(rows_per_round)
             written.append(rows[0]["acquisition_id"])
             t_record.append(timed(upsert_measurements, engine, rows))
-            t_copy.append(timed(copy_rows, engine, make_rows(ROWS)))
+            t_copy.append(timed(copy_rows, engine, make_rows(rows_per_round)))
         t_rerun = timed(upsert_measurements, engine, rows)  # same rows again: all updates
         with engine.connect() as conn:
             count = conn.execute(
                 text("SELECT count(*) FROM measurements WHERE acquisition_id = :a"),
                 {"a": rows[0]["acquisition_id"]},
             ).scalar()
-        rec_rate = ROWS / statistics.median(t_record)
-        copy_rate = ROWS / statistics.median(t_copy)
+        rec_rate = rows_per_round / statistics.median(t_record)
+        copy_rate = rows_per_round / statistics.median(t_copy)
         ratio = rec_rate / copy_rate
         ok = ratio >= TARGET_RATIO and rec_rate >= TARGET_RATE
-        print(f"bench_records: {ROWS} rows, median of {ROUNDS} rounds, {block.host}:{block.port}")
+        print(
+            f"bench_records: {rows_per_round} rows, median of {rounds} rounds, "
+            f"{block.host}:{block.port}"
+        )
         print(f"  record path (upsert_measurements): {rec_rate:10,.0f} rows/s")
         print(f"  raw psycopg COPY (scratch table):  {copy_rate:10,.0f} rows/s")
         print(
-            f"  re-run of the same rows (updates): {ROWS / t_rerun:10,.0f} rows/s, "
+            f"  re-run of the same rows (updates): {rows_per_round / t_rerun:10,.0f} rows/s, "
             f"{count} rows kept"
         )
         print(
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     row(
                         "records",
-                        f"{ROWS} rows",
+                        f"{rows_per_round} rows",
                         "record path",
                         rec_rate,
                         "rows/s",
@@ -191,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                     row(
                         "records",
-                        f"{ROWS} rows",
+                        f"{rows_per_round} rows",
                         "re-run (updates)",
-                        ROWS / t_rerun,
+                        rows_per_round / t_rerun,
                         "rows/s",
                         "raw psycopg COPY",
                         copy_rate,
