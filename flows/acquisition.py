@@ -16,7 +16,7 @@ import contextlib
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from prefect import flow
 from prefect.filesystems import LocalFileSystem
@@ -75,6 +75,9 @@ from tasks.storage import STORE_DEADLINE_S, spool_folder
 FrequencyHz = Annotated[float, Field(ge=MIN_FREQUENCY_HZ, le=MAX_FREQUENCY_HZ)]
 DurationS = Annotated[float, Field(ge=MIN_DURATION_S, le=MAX_DURATION_S)]
 StoreDeadlineS = Annotated[float, Field(ge=1.0, le=3600.0)]
+# where a simulated network runs (the modes of tasks.kiwisdr.network.serve_simulated_network,
+# spelled here so the flow module does not import the simulator to define its parameters)
+SimulatorChoice = Literal["auto", "inline", "process"]
 SimulatedReceivers = Annotated[int, Field(ge=1, le=2000)]
 AcquisitionId = Annotated[
     str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -103,7 +106,7 @@ async def acquire(
     simulated_receivers: SimulatedReceivers | None = None,
     emitter: tuple[Latitude, Longitude] | None = None,
     modulation: str | None = None,
-    simulator: Literal["auto", "inline", "process"] = "auto",
+    simulator: SimulatorChoice = "auto",
     acquisition_id: AcquisitionId | None = None,
     start_ns: StartNs | None = None,
     locate: bool = False,
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modulation", default=None, help="the simulated emitter's modulation")
     p.add_argument(
         "--simulator",
-        choices=["auto", "inline", "process"],
+        choices=get_args(SimulatorChoice),
         default="auto",
         help="run the simulated network in a child process or in this one (%(default)s)",
     )

@@ -213,6 +213,15 @@ def test_unknown_simulator_mode_names_the_allowed_ones() -> None:
         serve_simulated_network("thread")
 
 
+def test_the_flow_offers_the_modes_the_network_serves() -> None:
+    from typing import get_args
+
+    from flows.acquisition import SimulatorChoice
+    from tasks.kiwisdr.network import SIMULATOR_MODES
+
+    assert get_args(SimulatorChoice) == SIMULATOR_MODES == ("auto", "inline", "process")
+
+
 @pytest.mark.flow
 def test_flow_with_the_process_simulator_end_to_end(prefect_server: None, tmp_path: Path) -> None:
     """``network="simulated"`` serves from a child process over real websockets: every

@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from blocks.receiver import (
     KiwiSDRReceiver,
@@ -133,7 +133,7 @@ def _replicate(
 
 
 SimulatorMode = Literal["auto", "inline", "process"]
-SIMULATOR_MODES: tuple[str, ...] = ("auto", "inline", "process")
+SIMULATOR_MODES: tuple[str, ...] = get_args(SimulatorMode)
 # "auto" serves up to this many receivers in-process, more from a child process.
 INLINE_MAX_RECEIVERS = 16
 
